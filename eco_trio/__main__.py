@@ -1,0 +1,250 @@
+"""``python -m eco_trio servidor | cliente``: the command line.
+
+The only module that touches argv, stdin/stdout, print and trio.run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
+
+import trio
+
+from . import __version__
+from .client import DEFAULT_CLOSE_WAIT, Client, ConnectionClosed, SessionEnd, run_messages, run_session
+from .protocol import DEFAULT_MAX_LINE
+from .server import Server, ServerConfig
+from .terminal import Console, piped_lines, print_line
+
+log = logging.getLogger("eco_trio.server")
+_E = TypeVar("_E", bound=BaseException)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {port}")
+    return port
+
+
+def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="python -m eco_trio",
+        description="A line-oriented TCP server that answers in uppercase, and its client.",
+    )
+    parser.add_argument("--version", action="version", version=f"eco_trio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{servidor,cliente}")
+
+    server = commands.add_parser(
+        "servidor",
+        help="run the server",
+        description="Run the server. Stops on DESCONEXION, Ctrl-C or SIGTERM, telling clients first.",
+    )
+    defaults = ServerConfig()
+    server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
+    server.add_argument("--port", type=_port, default=defaults.port, help="port; 0 picks a free one (default: %(default)s)")
+    server.add_argument("--grace", type=_positive(float), default=defaults.grace, metavar="SECONDS",
+                        help="on shutdown, time clients get to receive the notice (default: %(default)s)")
+    server.add_argument("--pause", type=_positive(float), default=defaults.pause, metavar="SECONDS",
+                        help="silence after which an unterminated message is answered (default: %(default)s)")
+    server.add_argument("--max-line", type=_positive(int), default=DEFAULT_MAX_LINE, metavar="BYTES",
+                        help="longest accepted line; longer closes the connection (default: %(default)s)")
+    server.add_argument("--max-clients", type=_positive(int), default=defaults.max_clients, metavar="N",
+                        help="connections served at once; more are turned away (default: %(default)s)")
+    server.add_argument("--idle-timeout", type=_positive(float), default=None, metavar="SECONDS",
+                        help="close a connection after this long without a complete line (default: off)")
+    server.add_argument("--send-timeout", type=_positive(float), default=defaults.send_timeout, metavar="SECONDS",
+                        help="close a connection that takes none of our replies for this long (default: %(default)s)")
+    server.add_argument("--token", default=os.environ.get("ECO_TRIO_TOKEN"),
+                        help="require 'DESCONEXION TOKEN' to shut down (default: $ECO_TRIO_TOKEN; unset: "
+                        "DESCONEXION only from loopback)")
+    server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
+    server.add_argument("--log-level", default="INFO", type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
+
+    client = commands.add_parser(
+        "cliente",
+        help="talk to a server",
+        description="Talk to a server: interactively, from piped input, or with MENSAJE arguments.",
+    )
+    client.add_argument("--host", default="localhost", help="server address (default: %(default)s)")
+    client.add_argument("--port", type=_port, default=5000, help="server port (default: %(default)s)")
+    client.add_argument("--close-wait", type=_positive(float), default=DEFAULT_CLOSE_WAIT, metavar="SECONDS",
+                        help="after APAGAR, DESCONEXION or end of input, how long to wait for the server "
+                        "to close (default: %(default)s)")
+    client.add_argument("messages", nargs="*", metavar="MENSAJE",
+                        help="send these lines one by one, print each reply and exit")
+    return parser
+
+
+# --- servidor -----------------------------------------------------------------
+
+
+def run_server(args: argparse.Namespace) -> int:
+    try:
+        config = ServerConfig(
+            host=args.host, port=args.port, grace=args.grace, pause=args.pause,
+            max_line=args.max_line, max_clients=args.max_clients, idle_timeout=args.idle_timeout,
+            send_timeout=args.send_timeout, token=args.token or None,
+            remote_shutdown=not args.no_remote_shutdown,
+        )
+    except ValueError as exc:
+        print(f"eco_trio servidor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        return trio.run(_serve_until_stopped, config)
+    except BaseException as exc:
+        error = _only(exc, OSError)
+        if error is None:
+            raise
+        print(f"eco_trio servidor: cannot listen on {args.host}:{args.port}: {_reason(error)}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _serve_until_stopped(config: ServerConfig) -> int:
+    """Serve; the first SIGINT/SIGTERM shuts down gracefully, a second one
+    during the grace period stops at once."""
+    server = Server(config)
+    forced = False
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal forced
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if server.shutting_down:
+                        log.warning("%s again: stopping now", name)
+                        forced = True
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down (send it again to stop at once)", name)
+                    server.shutdown()
+
+            nursery.start_soon(watch_signals)
+            await server.serve()
+            nursery.cancel_scope.cancel()
+    return EXIT_INTERRUPTED if forced else EXIT_OK
+
+
+# --- cliente ------------------------------------------------------------------
+
+
+def run_client(args: argparse.Namespace) -> int:
+    try:
+        return trio.run(_talk, args)
+    except BaseException as exc:
+        if _only(exc, KeyboardInterrupt) is None:
+            raise
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+async def _talk(args: argparse.Namespace) -> int:
+    try:
+        stream = await trio.open_tcp_stream(args.host, args.port)
+    except OSError as exc:
+        print(
+            f"eco_trio cliente: cannot connect to {args.host}:{args.port}: {_reason(exc)}. "
+            f"Is the server running? Start it with: python -m eco_trio servidor "
+            f"--host {args.host} --port {args.port}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    client = Client(stream)
+    show = print_line(sys.stdout)
+    async with stream:
+        if args.messages:
+            try:
+                client.greeting = await client.receive_line()
+                await run_messages(client, args.messages, show)
+            except (ConnectionClosed, trio.BrokenResourceError):
+                print("eco_trio cliente: the server closed the connection before answering",
+                      file=sys.stderr)
+                return EXIT_FAILURE
+            return EXIT_OK
+        if sys.stdin.isatty():
+            console = Console(sys.stdout)
+            end = await run_session(client, console.lines(), console.show, close_wait=args.close_wait)
+        else:
+            end = await run_session(client, piped_lines(sys.stdin), show, close_wait=args.close_wait)
+    if end is SessionEnd.SERVER_CLOSED:
+        print("eco_trio cliente: the server closed the connection", file=sys.stderr)
+        return EXIT_FAILURE
+    if end is SessionEnd.TIMED_OUT:
+        print(f"eco_trio cliente: the server did not close the connection within "
+              f"{args.close_wait:g} s", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# --- helpers --------------------------------------------------------------------
+
+
+def _only(exc: BaseException, kind: type[_E]) -> _E | None:
+    """``exc`` if it is a ``kind``, or a group holding just one (nurseries wrap)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, kind) else None
+
+
+def _reason(exc: OSError) -> str:
+    """The most specific explanation an OSError (or its cause) carries."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        if isinstance(cause, BaseExceptionGroup):
+            cause = cause.exceptions[0]
+        else:
+            cause = cause.__cause__
+    return str(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "servidor":
+        return run_server(args)
+    return run_client(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

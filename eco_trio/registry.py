@@ -1,0 +1,115 @@
+"""Who is connected, in order of arrival, and how to reach them.
+
+Each client's entry carries an outbox: a trio memory channel for lines the
+server sends on its own initiative (the shutdown notice).  Replies to a
+client's own lines never go through it: the connection task writes those
+directly, so the per-reply path has no channel hop and no task switch.
+
+A line put in the outbox is the last thing that connection will hear, so
+:meth:`ClientEntry.notify` also interrupts the connection task, which then
+delivers its outbox and closes.  The interrupt cancels the task only while it
+waits for input; a task busy writing a reply finishes that reply first and
+notices the interrupt before it reads again, so no reply is cut in half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import trio
+
+OUTBOX_SIZE = 4
+
+
+def format_address(address: object) -> str:
+    """``ip:port``, or ``[ip]:port`` for IPv6, from a socket address."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address)
+
+
+@dataclass(eq=False, slots=True)
+class ClientEntry:
+    address: str
+    connected_at: float
+    outbox: trio.MemorySendChannel[bytes]
+    inbox: trio.MemoryReceiveChannel[bytes]
+    last_line_at: float = 0.0
+    #: The connection task is waiting for input under ``scope``.
+    reading: bool = False
+    #: The connection is ending; notices are no longer sent to it.
+    closing: bool = False
+    interrupted: bool = False
+    scope: trio.CancelScope | None = field(default=None, repr=False)
+
+    def notify(self, line: bytes) -> None:
+        """Send ``line`` as this connection's last words, then close it."""
+        if self.closing:
+            return
+        self.closing = True
+        try:
+            self.outbox.send_nowait(line)
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # the connection is already on its way out
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        if self.reading and self.scope is not None:
+            self.scope.cancel()
+
+    def pending_notices(self) -> list[bytes]:
+        lines = []
+        while True:
+            try:
+                lines.append(self.inbox.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return lines
+
+
+class Registry:
+    """The connected clients, at most ``max_clients`` of them."""
+
+    __slots__ = ("_clients", "max_clients")
+
+    def __init__(self, max_clients: int) -> None:
+        self._clients: dict[ClientEntry, None] = {}  # a dict keeps arrival order
+        self.max_clients = max_clients
+
+    def register(self, address: str, now: float) -> ClientEntry | None:
+        """A new entry, or None when the server is full."""
+        if len(self._clients) >= self.max_clients:
+            return None
+        outbox, inbox = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+        entry = ClientEntry(address, now, outbox, inbox, last_line_at=now)
+        self._clients[entry] = None
+        return entry
+
+    def unregister(self, entry: ClientEntry) -> None:
+        if self._clients.pop(entry, entry) is None:
+            entry.outbox.close()
+            entry.inbox.close()
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Iterator[ClientEntry]:
+        return iter(list(self._clients))
+
+    def listing(self, requester: ClientEntry | None, now: float) -> list[str]:
+        """``LISTAR``'s rows: address first, then age, idle time, and a mark
+        on the requester's own row."""
+        rows = []
+        for entry in self._clients:
+            row = (
+                f"{entry.address} conectado={now - entry.connected_at:.0f}s"
+                f" inactivo={now - entry.last_line_at:.0f}s"
+            )
+            rows.append(row + " (tú)" if entry is requester else row)
+        return rows
+
+    def notify_all(self, line: bytes) -> None:
+        for entry in list(self._clients):
+            entry.notify(line)

@@ -1,0 +1,228 @@
+"""The eco_trio server: listeners, the connection nursery and shutdown.
+
+Structure: every connection task runs in one nursery under one shared
+``CancelScope``.  Shutting down (DESCONEXION, SIGINT, SIGTERM: one path)
+closes the listeners, puts the notice in every client's outbox, and sets the
+shared scope's deadline ``grace`` seconds ahead.  Connections that deliver
+their notice close by themselves; whatever is still running at the deadline
+(a client that never reads, say) is cancelled.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+
+import trio
+
+from . import protocol
+from .connection import serve_connection
+from .registry import ClientEntry, Registry, format_address
+from .socket_stream import SocketStream
+
+log = logging.getLogger("eco_trio.server")
+
+#: Accept errors that mean "out of resources right now": back off and retry,
+#: as trio's serve_listeners does, rather than crash or spin.
+_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_ACCEPT_BACKOFF = 0.1
+_ACCEPT_BATCH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "localhost"
+    port: int = 5000
+    #: Seconds connections get to say goodbye once shutdown starts.
+    grace: float = 2.0
+    #: Seconds of silence after which an unterminated fragment counts as a line.
+    pause: float = 0.1
+    max_line: int = protocol.DEFAULT_MAX_LINE
+    max_clients: int = 1000
+    #: Close a connection after this long without a complete line (None: never).
+    idle_timeout: float | None = None
+    #: Close a connection that takes none of our data for this long.
+    send_timeout: float = 30.0
+    #: Required after DESCONEXION when set; without it only loopback peers may.
+    token: str | None = None
+    remote_shutdown: bool = True
+    backlog: int = 1024
+
+    def __post_init__(self) -> None:
+        positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
+        if self.idle_timeout is not None:
+            positive["idle_timeout"] = self.idle_timeout
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be greater than 0, not {value}")
+        if self.max_line < 1 or self.max_clients < 1:
+            raise ValueError("max_line and max_clients must be at least 1")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, not {self.port}")
+
+
+class Server:
+    """One eco_trio server.  ``await nursery.start(server.serve)`` returns the
+    bound addresses; :meth:`shutdown` starts the graceful shutdown from
+    anywhere in the same trio run."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.registry = Registry(self.config.max_clients)
+        self._shutdown = trio.Event()
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown.is_set()
+
+    def shutdown(self) -> None:
+        """Start the graceful shutdown (idempotent)."""
+        self._shutdown.set()
+
+    def shutdown_requested_by(self, entry: ClientEntry, token: str | None) -> tuple[str, bool]:
+        """Decide on a client's DESCONEXION: the reply, and whether it was
+        honoured."""
+        config = self.config
+        if not config.remote_shutdown:
+            return "ERROR DESCONEXION está desactivado en este servidor.", False
+        if config.token is not None:
+            if token is None or not hmac.compare_digest(token.encode(), config.token.encode()):
+                log.warning("DESCONEXION refused from %s: wrong or missing token", entry.address)
+                return "ERROR DESCONEXION requiere el token correcto: DESCONEXION <token>.", False
+        elif not _is_loopback(entry.address):
+            log.warning("DESCONEXION refused from %s: not a loopback peer", entry.address)
+            return (
+                "ERROR DESCONEXION solo se acepta desde localhost; arranca el servidor "
+                "con --token para permitirlo desde otras máquinas.",
+                False,
+            )
+        log.info("DESCONEXION from %s: shutting down", entry.address)
+        entry.closing = True
+        self.shutdown()
+        return protocol.SHUTDOWN_ACK, True
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen, serve, and return once shut down and every connection closed.
+
+        Reports the bound addresses (``ip:port``) through ``task_status`` once
+        it really listens.  Raises OSError if it cannot listen.
+        """
+        config = self.config
+        listeners = await open_listeners(config.host, config.port, config.backlog)
+        addresses = [format_address(sock.getsockname()) for sock in listeners]
+        if config.token is None and not all(_is_loopback(a) for a in addresses):
+            log.warning(
+                "listening beyond loopback without --token: DESCONEXION is accepted "
+                "from loopback peers only"
+            )
+        with trio.CancelScope() as connections_scope:  # the shared scope
+            async with trio.open_nursery() as connections:
+                try:
+                    async with trio.open_nursery() as acceptors:
+                        for sock in listeners:
+                            acceptors.start_soon(self._accept_loop, sock, connections)
+                        for address in addresses:
+                            log.info("listening on %s", address)
+                        task_status.started(addresses)
+                        await self._shutdown.wait()
+                        acceptors.cancel_scope.cancel()
+                finally:
+                    for sock in listeners:
+                        trio.lowlevel.notify_closing(sock)
+                        sock.close()
+                clients = len(self.registry)
+                log.info("shutting down: notifying %d clients (grace %g s)", clients, config.grace)
+                self.registry.notify_all(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
+                connections_scope.deadline = trio.current_time() + config.grace
+        if connections_scope.cancelled_caught:
+            log.info("grace period over: remaining connections cancelled")
+        log.info("server stopped")
+
+    async def _accept_loop(self, listener: socket.socket, connections: trio.Nursery) -> None:
+        send_timeout = self.config.send_timeout
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            for _ in range(_ACCEPT_BATCH):
+                try:
+                    sock, peer = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
+                        log.error("accept failed: %s; retrying in %g s", exc, _ACCEPT_BACKOFF)
+                        await trio.sleep(_ACCEPT_BACKOFF)
+                        break
+                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                        continue  # that client gave up before we accepted it
+                    raise
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                stream = SocketStream(sock, send_timeout=send_timeout)
+                connections.start_soon(serve_connection, self, stream, format_address(peer))
+
+
+async def serve(
+    config: ServerConfig | None = None,
+    *,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a server until a client sends DESCONEXION (or the caller cancels).
+
+    ``addresses = await nursery.start(eco_trio.serve, config)`` returns the
+    bound ``ip:port`` strings once the server listens.
+    """
+    await Server(config).serve(task_status=task_status)
+
+
+async def open_listeners(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Non-blocking listening sockets for every address ``host`` resolves to.
+
+    With port 0 and several addresses, all listeners share the first one's
+    port when it is free on the others, so one number reaches them all.
+    """
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    seen: set[tuple[int, str]] = set()
+    listeners: list[socket.socket] = []
+    try:
+        for family, type_, proto, _, sockaddr in infos:
+            if (family, sockaddr[0]) in seen:
+                continue
+            seen.add((family, sockaddr[0]))
+            if port == 0 and listeners:
+                shared = listeners[0].getsockname()[1]
+                sockaddr = (sockaddr[0], shared, *sockaddr[2:])
+            sock = socket.socket(family, type_, proto)
+            listeners.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(sockaddr)
+            except OSError as exc:
+                if port == 0 and exc.errno == errno.EADDRINUSE:
+                    sock.bind((sockaddr[0], 0, *sockaddr[2:]))
+                else:
+                    raise OSError(exc.errno, f"{format_address(sockaddr)}: {exc.strerror}") from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in listeners:
+            sock.close()
+        raise
+    return listeners
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+

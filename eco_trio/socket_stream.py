@@ -1,0 +1,113 @@
+"""A lean trio Stream over a plain non-blocking socket.
+
+trio's own ``SocketStream`` tries ``recv`` before it waits, and checkpoints
+after every successful ``send``.  For a request/reply server both cost: each
+message pays a failed ``recv``, an extra epoll re-arm and extra scheduler
+passes.  This stream waits for readability first, then reads, and returns
+from :meth:`send_all` without yielding when the kernel took every byte.
+
+Differences from the trio Stream contract, on purpose:
+
+* :meth:`send_all` is a checkpoint only when it has to wait for the socket to
+  drain.  Callers that loop ``receive_some`` / ``send_all`` still checkpoint
+  once per message, in ``receive_some``.
+* A send that makes no progress for ``send_timeout`` seconds raises
+  :class:`SendTimeout` (a :class:`trio.BrokenResourceError`), so a peer that
+  never reads cannot pin a task and its buffers forever.
+
+Resource handling: the stream owns the socket; :meth:`aclose` closes it.
+Error handling: every ``OSError`` from the socket becomes
+:class:`trio.BrokenResourceError` with the original as its cause.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+
+DEFAULT_RECEIVE_SIZE = 64 * 1024
+
+
+class SendTimeout(trio.BrokenResourceError):
+    """The peer did not take any of our data for ``send_timeout`` seconds."""
+
+
+class SocketStream(trio.abc.HalfCloseableStream):
+    __slots__ = ("_sock", "_send_timeout", "_closed")
+
+    def __init__(self, sock: socket.socket, *, send_timeout: float = float("inf")) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._send_timeout = send_timeout
+        self._closed = False
+
+    @property
+    def socket(self) -> socket.socket:
+        return self._sock
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes
+        if size < 1:
+            raise ValueError("max_bytes must be >= 1")
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            await wait_readable(self._sock)
+            try:
+                return self._sock.recv(size)
+            except BlockingIOError:
+                continue  # woken spuriously: wait again
+            except OSError as exc:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed") from None
+                raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        try:
+            sent = self._sock.send(data) if data else 0
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if sent < len(data):
+            await self._send_rest(memoryview(data)[sent:])
+
+    async def _send_rest(self, view: memoryview) -> None:
+        while view:
+            with trio.move_on_after(self._send_timeout):
+                await wait_writable(self._sock)
+                try:
+                    view = view[self._sock.send(view) :]
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    if self._closed:
+                        raise trio.ClosedResourceError("stream was closed") from None
+                    raise trio.BrokenResourceError(str(exc)) from exc
+                continue
+            raise SendTimeout(f"peer took no data for {self._send_timeout} s")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        await wait_writable(self._sock)
+
+    async def send_eof(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        await checkpoint()
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # already disconnected: nothing left to signal
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            notify_closing(self._sock)
+            self._sock.close()
+        await checkpoint()
