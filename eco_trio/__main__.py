@@ -76,25 +76,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     defaults = ServerConfig()
     server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
-    server.add_argument("--port", type=_port, default=defaults.port, help="port; 0 picks a free one (default: %(default)s)")
-    server.add_argument("--grace", type=_positive(float), default=defaults.grace, metavar="SECONDS",
-                        help="on shutdown, time clients get to receive the notice (default: %(default)s)")
-    server.add_argument("--pause", type=_positive(float), default=defaults.pause, metavar="SECONDS",
-                        help="silence after which an unterminated message is answered (default: %(default)s)")
-    server.add_argument("--max-line", type=_positive(int), default=DEFAULT_MAX_LINE, metavar="BYTES",
-                        help="longest accepted line; longer closes the connection (default: %(default)s)")
-    server.add_argument("--max-clients", type=_positive(int), default=defaults.max_clients, metavar="N",
-                        help="connections served at once; more are turned away (default: %(default)s)")
-    server.add_argument("--idle-timeout", type=_positive(float), default=None, metavar="SECONDS",
-                        help="close a connection after this long without a complete line (default: off)")
-    server.add_argument("--send-timeout", type=_positive(float), default=defaults.send_timeout, metavar="SECONDS",
-                        help="close a connection that takes none of our replies for this long (default: %(default)s)")
-    server.add_argument("--token", default=os.environ.get("ECO_TRIO_TOKEN"),
-                        help="require 'DESCONEXION TOKEN' to shut down (default: $ECO_TRIO_TOKEN; unset: "
-                        "DESCONEXION only from loopback)")
+    server.add_argument(
+        "--port", type=_port, default=defaults.port, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    server.add_argument(
+        "--grace",
+        type=_positive(float),
+        default=defaults.grace,
+        metavar="SECONDS",
+        help="on shutdown, time clients get to receive the notice (default: %(default)s)",
+    )
+    server.add_argument(
+        "--pause",
+        type=_positive(float),
+        default=defaults.pause,
+        metavar="SECONDS",
+        help="silence after which an unterminated message is answered (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-line",
+        type=_positive(int),
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help="longest accepted line; longer closes the connection (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-clients",
+        type=_positive(int),
+        default=defaults.max_clients,
+        metavar="N",
+        help="connections served at once; more are turned away (default: %(default)s)",
+    )
+    server.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        default=None,
+        metavar="SECONDS",
+        help="close a connection after this long without a complete line (default: off)",
+    )
+    server.add_argument(
+        "--send-timeout",
+        type=_positive(float),
+        default=defaults.send_timeout,
+        metavar="SECONDS",
+        help="close a connection that takes none of our replies for this long (default: %(default)s)",
+    )
+    server.add_argument(
+        "--token",
+        default=os.environ.get("ECO_TRIO_TOKEN"),
+        help="require 'DESCONEXION TOKEN' to shut down (default: $ECO_TRIO_TOKEN; unset: "
+        "DESCONEXION only from loopback)",
+    )
     server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
-    server.add_argument("--log-level", default="INFO", type=str.upper,
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="(default: %(default)s)")
+    server.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: %(default)s)",
+    )
 
     client = commands.add_parser(
         "cliente",
@@ -103,11 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     client.add_argument("--host", default="localhost", help="server address (default: %(default)s)")
     client.add_argument("--port", type=_port, default=5000, help="server port (default: %(default)s)")
-    client.add_argument("--close-wait", type=_positive(float), default=DEFAULT_CLOSE_WAIT, metavar="SECONDS",
-                        help="after APAGAR, DESCONEXION or end of input, how long to wait for the server "
-                        "to close (default: %(default)s)")
-    client.add_argument("messages", nargs="*", metavar="MENSAJE",
-                        help="send these lines one by one, print each reply and exit")
+    client.add_argument(
+        "--close-wait",
+        type=_positive(float),
+        default=DEFAULT_CLOSE_WAIT,
+        metavar="SECONDS",
+        help="after APAGAR, DESCONEXION or end of input, how long to wait for the server "
+        "to close (default: %(default)s)",
+    )
+    client.add_argument(
+        "messages",
+        nargs="*",
+        metavar="MENSAJE",
+        help="send these lines one by one, print each reply and exit",
+    )
     return parser
 
 
@@ -117,9 +166,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run_server(args: argparse.Namespace) -> int:
     try:
         config = ServerConfig(
-            host=args.host, port=args.port, grace=args.grace, pause=args.pause,
-            max_line=args.max_line, max_clients=args.max_clients, idle_timeout=args.idle_timeout,
-            send_timeout=args.send_timeout, token=args.token or None,
+            host=args.host,
+            port=args.port,
+            grace=args.grace,
+            pause=args.pause,
+            max_line=args.max_line,
+            max_clients=args.max_clients,
+            idle_timeout=args.idle_timeout,
+            send_timeout=args.send_timeout,
+            token=args.token or None,
             remote_shutdown=not args.no_remote_shutdown,
         )
     except ValueError as exc:
@@ -134,8 +189,9 @@ def run_server(args: argparse.Namespace) -> int:
         error = _only(exc, OSError)
         if error is None:
             raise
-        print(f"eco_trio servidor: cannot listen on {args.host}:{args.port}: {_reason(error)}",
-              file=sys.stderr)
+        print(
+            f"eco_trio servidor: cannot listen on {args.host}:{args.port}: {_reason(error)}", file=sys.stderr
+        )
         return EXIT_FAILURE
 
 
@@ -197,8 +253,7 @@ async def _talk(args: argparse.Namespace) -> int:
                 client.greeting = await client.receive_line()
                 await run_messages(client, args.messages, show)
             except (ConnectionClosed, trio.BrokenResourceError):
-                print("eco_trio cliente: the server closed the connection before answering",
-                      file=sys.stderr)
+                print("eco_trio cliente: the server closed the connection before answering", file=sys.stderr)
                 return EXIT_FAILURE
             return EXIT_OK
         if sys.stdin.isatty():
@@ -210,8 +265,10 @@ async def _talk(args: argparse.Namespace) -> int:
         print("eco_trio cliente: the server closed the connection", file=sys.stderr)
         return EXIT_FAILURE
     if end is SessionEnd.TIMED_OUT:
-        print(f"eco_trio cliente: the server did not close the connection within "
-              f"{args.close_wait:g} s", file=sys.stderr)
+        print(
+            f"eco_trio cliente: the server did not close the connection within {args.close_wait:g} s",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -232,10 +289,7 @@ def _reason(exc: OSError) -> str:
     while cause is not None:
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
-        if isinstance(cause, BaseExceptionGroup):
-            cause = cause.exceptions[0]
-        else:
-            cause = cause.__cause__
+        cause = cause.exceptions[0] if isinstance(cause, BaseExceptionGroup) else cause.__cause__
     return str(exc)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import protocol
-from .protocol import Close, Event, ListClients, Reply, Shutdown, ServerProtocol
+from .protocol import Close, Event, ListClients, Reply, ServerProtocol, Shutdown
 from .registry import ClientEntry
 
 if TYPE_CHECKING:
@@ -36,9 +36,7 @@ LINGER_BYTES = 256 * 1024
 _GREETING = protocol.encode_line(protocol.GREETING)
 
 
-async def serve_connection(
-    server: Server, stream: trio.abc.HalfCloseableStream, address: str
-) -> None:
+async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream, address: str) -> None:
     """Talk to one client until either side ends it.
 
     Resource handling: always closes ``stream``.  Error handling: a client
@@ -92,7 +90,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                         entry.last_line_at + idle if idle is not None else math.inf,
                     )
                 entry.reading = True
-                data = await receive_some(RECEIVE_SIZE)
+                data = bytes(await receive_some(RECEIVE_SIZE))
                 entry.reading = False
                 if timed:
                     scope.deadline = math.inf

@@ -140,7 +140,7 @@ class ServerProtocol:
     past that the protocol answers with an error and a :class:`Close`.
     """
 
-    __slots__ = ("_buffer", "_max_line", "_closed")
+    __slots__ = ("_buffer", "_closed", "_max_line")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:
@@ -177,10 +177,10 @@ class ServerProtocol:
             complete, self._buffer = buffer, b""
         else:
             complete, self._buffer = buffer[:end], buffer[end:]
-        events = self._fast_batch(complete)
-        if events is None:
-            events = self._line_by_line(complete.split(b"\n")[:-1])
-        return self._check_fragment_size(events)
+        batch = self._fast_batch(complete)
+        if batch is None:
+            batch = self._line_by_line(complete.split(b"\n")[:-1])
+        return self._check_fragment_size(batch)
 
     def flush_fragment(self) -> list[Event]:
         """The client paused mid-line: answer what is buffered as a line.

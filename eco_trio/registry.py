@@ -14,6 +14,7 @@ notices the interrupt before it reads again, so no reply is cut in half.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -49,10 +50,8 @@ class ClientEntry:
         if self.closing:
             return
         self.closing = True
-        try:
-            self.outbox.send_nowait(line)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass  # the connection is already on its way out
+        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+            self.outbox.send_nowait(line)  # a full outbox: that connection is leaving anyway
         self.interrupt()
 
     def interrupt(self) -> None:

@@ -105,9 +105,7 @@ class Server:
         self.shutdown()
         return protocol.SHUTDOWN_ACK, True
 
-    async def serve(
-        self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, serve, and return once shut down and every connection closed.
 
         Reports the bound addresses (``ip:port``) through ``task_status`` once
@@ -118,8 +116,7 @@ class Server:
         addresses = [format_address(sock.getsockname()) for sock in listeners]
         if config.token is None and not all(_is_loopback(a) for a in addresses):
             log.warning(
-                "listening beyond loopback without --token: DESCONEXION is accepted "
-                "from loopback peers only"
+                "listening beyond loopback without --token: DESCONEXION is accepted from loopback peers only"
             )
         with trio.CancelScope() as connections_scope:  # the shared scope
             async with trio.open_nursery() as connections:
@@ -185,10 +182,8 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
     With port 0 and several addresses, all listeners share the first one's
     port when it is free on the others, so one number reaches them all.
     """
-    infos = await trio.socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    seen: set[tuple[int, str]] = set()
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    seen: set[tuple[int, object]] = set()
     listeners: list[socket.socket] = []
     try:
         for family, type_, proto, _, sockaddr in infos:
@@ -225,4 +220,3 @@ def _is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-

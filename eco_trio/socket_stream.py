@@ -22,6 +22,7 @@ Error handling: every ``OSError`` from the socket becomes
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import trio
@@ -35,7 +36,7 @@ class SendTimeout(trio.BrokenResourceError):
 
 
 class SocketStream(trio.abc.HalfCloseableStream):
-    __slots__ = ("_sock", "_send_timeout", "_closed")
+    __slots__ = ("_closed", "_send_timeout", "_sock")
 
     def __init__(self, sock: socket.socket, *, send_timeout: float = float("inf")) -> None:
         sock.setblocking(False)
@@ -100,10 +101,8 @@ class SocketStream(trio.abc.HalfCloseableStream):
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
         await checkpoint()
-        try:
+        with contextlib.suppress(OSError):  # already disconnected: nothing to signal
             self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass  # already disconnected: nothing left to signal
 
     async def aclose(self) -> None:
         if not self._closed:
