@@ -115,6 +115,8 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
             await send_all(protocol.encode_line(notice))
             return True
         events = parser.flush_fragment()
+        # What the flush kept (half a UTF-8 character) waits for more data.
+        last_data = math.inf
         if events:
             entry.last_line_at = current_time()
             if await _answer(server, stream, entry, events):

@@ -259,7 +259,9 @@ class ServerProtocol:
         return self._line_by_line([fragment])
 
     def _check_fragment_size(self, events: list[Event]) -> list[Event]:
-        if len(self._buffer) > self._max_line and not self._closed:
+        # A trailing \r may be the first half of a \r\n: it does not count.
+        limit = self._max_line + self._buffer.endswith(b"\r")
+        if len(self._buffer) > limit and not self._closed:
             self._buffer = b""
             self._closed = True
             events.append(Reply(encode_line(line_too_long(self._max_line))))

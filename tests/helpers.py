@@ -1,0 +1,98 @@
+"""Shared test helpers: a raw line peer and servers on loopback port 0.
+
+Test rules (as in trio-websocket's suite): loopback only, port 0, virtual
+time (``autojump_clock``) for timeouts over memory streams, and a
+``fail_after`` bound on every wait on real sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+import trio.testing
+
+from eco_trio.connection import serve_connection
+from eco_trio.server import Server, ServerConfig
+
+#: Bound on any single wait on a real socket.
+WAIT = 5.0
+
+GREETING_PREFIX = b"BIENVENIDO"
+
+
+class Peer:
+    """A bare-bones line client over any trio stream: no eco_trio code, so
+    server tests do not depend on the client under test."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream) -> None:
+        self.stream = stream
+        self._buffer = b""
+
+    async def send(self, data: bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def line(self) -> bytes:
+        """The next line, without its newline."""
+        with trio.fail_after(WAIT):
+            while b"\n" not in self._buffer:
+                chunk = await self.stream.receive_some(65536)
+                assert chunk, f"connection closed; unterminated data: {self._buffer!r}"
+                self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
+
+    async def lines(self, count: int) -> list[bytes]:
+        return [await self.line() for _ in range(count)]
+
+    async def request(self, line: bytes) -> bytes:
+        await self.send(line + b"\n")
+        return await self.line()
+
+    async def expect_eof(self) -> bytes:
+        """Read to the end; return anything that came before it."""
+        rest = self._buffer
+        self._buffer = b""
+        with trio.fail_after(WAIT):
+            while chunk := await self.stream.receive_some(65536):
+                rest += chunk
+        return rest
+
+
+@dataclass
+class Running:
+    server: Server
+    port: int
+
+    @asynccontextmanager
+    async def peer(self, *, greeted: bool = True) -> AsyncIterator[Peer]:
+        stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+        async with stream:
+            peer = Peer(stream)
+            if greeted:
+                assert (await peer.line()).startswith(GREETING_PREFIX)
+            yield peer
+
+
+async def start_server(nursery: trio.Nursery, **options: object) -> Running:
+    config = ServerConfig(**{"host": "127.0.0.1", "port": 0, **options})  # type: ignore[arg-type]
+    server = Server(config)
+    addresses = await nursery.start(server.serve)
+    return Running(server, int(addresses[0].rsplit(":", 1)[1]))
+
+
+async def memory_peer(
+    nursery: trio.Nursery, server: Server, address: str = "127.0.0.1:40000"
+) -> Peer:
+    """A peer talking to one connection task over an in-memory stream pair."""
+    client_side, server_side = trio.testing.memory_stream_pair()
+    nursery.start_soon(serve_connection, server, server_side, address)
+    return Peer(client_side)
+
+
+def blocking_client(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+    return sock

@@ -1,0 +1,237 @@
+"""The server: connection handler over memory streams, then real loopback."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+import trio.testing
+
+from eco_trio import protocol
+from eco_trio.server import Server, ServerConfig
+
+from .helpers import GREETING_PREFIX, WAIT, Peer, blocking_client, memory_peer, start_server
+
+# --- one connection over memory streams -----------------------------------------
+
+
+async def greeted(nursery: trio.Nursery, server: Server, address: str = "127.0.0.1:40000") -> Peer:
+    peer = await memory_peer(nursery, server, address)
+    assert (await peer.line()).startswith(GREETING_PREFIX)
+    return peer
+
+
+async def test_greeting_then_uppercase(nursery: trio.Nursery) -> None:
+    peer = await greeted(nursery, Server())
+    assert await peer.request("ñandú straße".encode()) == "ÑANDÚ STRASSE".encode()
+    assert await peer.request(b"hola servidor") == b"HOLA CLIENTE"
+
+
+async def test_ayuda(nursery: trio.Nursery) -> None:
+    peer = await greeted(nursery, Server())
+    assert (await peer.request(b"ayuda")).startswith(b"COMANDOS:")
+
+
+async def test_apagar_says_goodbye_and_closes(nursery: trio.Nursery) -> None:
+    server = Server()
+    peer = await greeted(nursery, server)
+    assert await peer.request(b"apagar") == protocol.FAREWELL.encode()
+    assert await peer.expect_eof() == b""
+    assert len(server.registry) == 0
+
+
+async def test_client_half_close_gets_every_answer(nursery: trio.Nursery) -> None:
+    peer = await greeted(nursery, Server())
+    await peer.send(b"uno\ndos\ntres")
+    await peer.stream.send_eof()
+    assert await peer.expect_eof() == b"UNO\nDOS\nTRES\n"
+
+
+async def test_unterminated_message_answered_after_the_pause(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    peer = await greeted(nursery, Server(ServerConfig(pause=0.1)))
+    start = trio.current_time()
+    await peer.send(b"hola")
+    assert await peer.line() == b"HOLA"
+    assert trio.current_time() - start == pytest.approx(0.1)
+
+
+async def test_pause_restarts_with_every_byte(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    peer = await greeted(nursery, Server(ServerConfig(pause=0.1)))
+    start = trio.current_time()
+    for byte in b"hola":
+        await peer.send(bytes([byte]))
+        await trio.sleep(0.05)
+    assert await peer.line() == b"HOLA"
+    assert trio.current_time() - start == pytest.approx(0.15 + 0.1)  # last byte + pause
+
+
+async def test_split_character_comes_out_whole(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+    peer = await greeted(nursery, Server())
+    encoded = "año\n".encode()
+    await peer.send(encoded[:2])
+    await trio.sleep(1)  # long past the pause: "A" is answered, the half "ñ" kept
+    await peer.send(encoded[2:])
+    assert await peer.lines(2) == [b"A", "ÑO".encode()]
+
+
+async def test_listar_shows_the_requester(nursery: trio.Nursery) -> None:
+    server = Server()
+    other = await greeted(nursery, server, "10.0.0.1:1111")
+    peer = await greeted(nursery, server, "[::1]:2222")
+    assert await peer.request(b"listar") == b"CLIENTES 2"
+    rows = await peer.lines(2)
+    assert rows[0].startswith(b"10.0.0.1:1111 ")
+    assert rows[1].startswith(b"[::1]:2222 ") and rows[1].endswith("(tú)".encode())
+    assert await other.request(b"x") == b"X"
+
+
+async def test_desconexion_over_memory_asks_the_server(nursery: trio.Nursery) -> None:
+    server = Server()
+    peer = await greeted(nursery, server)
+    assert await peer.request(b"DESCONEXION") == protocol.SHUTDOWN_ACK.encode()
+    assert server.shutting_down
+    assert await peer.expect_eof() == b""
+
+
+# --- real loopback sockets -------------------------------------------------------------
+
+
+async def test_serve_reports_where_it_listens(nursery: trio.Nursery) -> None:
+    addresses = await nursery.start(Server(ServerConfig(host="127.0.0.1", port=0)).serve)
+    assert len(addresses) == 1
+    host, port = addresses[0].rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
+
+
+async def test_several_clients_at_once(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery)
+    results: dict[int, list[bytes]] = {}
+
+    async def talk(n: int) -> None:
+        async with running.peer() as peer:
+            await peer.send(b"".join(b"cliente %d linea %d\n" % (n, i) for i in range(50)))
+            results[n] = await peer.lines(50)
+
+    async with trio.open_nursery() as clients:
+        for n in range(20):
+            clients.start_soon(talk, n)
+    for n in range(20):
+        assert results[n] == [b"CLIENTE %d LINEA %d" % (n, i) for i in range(50)]
+
+
+def local_address(peer: Peer) -> bytes:
+    host, port = peer.stream.socket.getsockname()[:2]  # type: ignore[attr-defined]
+    return f"{host}:{port}".encode()
+
+
+async def listing(peer: Peer) -> list[bytes]:
+    header = await peer.request(b"LISTAR")
+    assert header.startswith(b"CLIENTES ")
+    rows = await peer.lines(int(header.split()[1]))
+    return [row.split()[0] for row in rows]
+
+
+async def test_listar_shows_exactly_the_connected_clients(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery)
+    async with running.peer() as first, running.peer() as second:
+        async with running.peer() as leaving:
+            in_arrival_order = [local_address(p) for p in (first, second, leaving)]
+            assert await listing(first) == in_arrival_order
+            assert await listing(leaving) == in_arrival_order
+        with trio.fail_after(WAIT):
+            while len(running.server.registry) > 2:
+                await trio.sleep(0.01)
+        assert await listing(second) == [local_address(first), local_address(second)]
+
+
+async def test_listar_marks_the_requester(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery)
+    async with running.peer() as first, running.peer() as second:
+        assert await second.request(b"LISTAR") == b"CLIENTES 2"
+        rows = await second.lines(2)
+        assert not rows[0].endswith("(tú)".encode())
+        assert rows[1].startswith(local_address(second)) and rows[1].endswith("(tú)".encode())
+        assert await first.request(b"x") == b"X"
+
+
+async def test_apagar_leaves_other_clients_served(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery)
+    async with running.peer() as staying, running.peer() as leaving:
+        assert await leaving.request(b"APAGAR") == protocol.FAREWELL.encode()
+        assert await leaving.expect_eof() == b""
+        assert await staying.request(b"sigo aqui") == b"SIGO AQUI"
+
+
+async def test_apagar_with_more_data_behind_it_still_delivers_the_goodbye(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery)
+    async with running.peer() as peer:
+        await peer.send(b"APAGAR\n" + b"ignored line\n" * 20000)
+        assert await peer.line() == protocol.FAREWELL.encode()
+
+
+async def test_desconexion_ends_everything_even_a_client_that_never_reads(nursery: trio.Nursery) -> None:
+    server = Server(ServerConfig(host="127.0.0.1", port=0, grace=0.5))
+    done = trio.Event()
+    addresses = await nursery.start(_serve_then_flag, server, done)
+    port = int(addresses[0].rsplit(":", 1)[1])
+
+    # A client that floods and never reads: the server ends up blocked
+    # writing to it.
+    hog = blocking_client(port)
+    hog.setblocking(False)
+    flood = b"x" * 60000 + b"\n"
+    with trio.fail_after(WAIT):
+        while True:
+            try:
+                hog.send(flood)
+            except BlockingIOError:
+                break
+    async with (
+        await trio.open_tcp_stream("127.0.0.1", port) as other_stream,
+        await trio.open_tcp_stream("127.0.0.1", port) as requester_stream,
+    ):
+        other, requester = Peer(other_stream), Peer(requester_stream)
+        await other.line()
+        await requester.line()
+        start = trio.current_time()
+        assert await requester.request(b"DESCONEXION") == protocol.SHUTDOWN_ACK.encode()
+        assert await other.line() == protocol.SHUTDOWN_NOTICE.encode()
+        assert await other.expect_eof() == b""
+        assert await requester.expect_eof() == b""
+        with trio.fail_after(WAIT):
+            await done.wait()
+        assert trio.current_time() - start < 0.5 + 1.0
+    hog.close()
+    with pytest.raises(OSError):  # listeners are closed
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def _serve_then_flag(
+    server: Server, done: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    await server.serve(task_status=task_status)
+    done.set()
+
+
+async def test_beginner_blocking_client_without_newline(nursery: trio.Nursery) -> None:
+    """A textbook client: send without a newline, then recv.  It must not hang."""
+    running = await start_server(nursery)
+
+    def beginner() -> tuple[bytes, bytes]:
+        with blocking_client(running.port) as sock:
+            greeting = sock.recv(1024)
+            sock.send(b"hola")
+            return greeting, sock.recv(1024)
+
+    greeting, reply = await trio.to_thread.run_sync(beginner)
+    assert greeting.startswith(GREETING_PREFIX)
+    assert reply == b"HOLA\n"
+
+
+async def test_port_in_use_raises(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery)
+    with pytest.raises(OSError, match="127.0.0.1"):
+        await Server(ServerConfig(host="127.0.0.1", port=running.port)).serve()
