@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from contextlib import aclosing, asynccontextmanager
 
 import trio
 
@@ -121,7 +121,7 @@ class SessionEnd(enum.Enum):
 
 async def run_session(
     client: Client,
-    lines: AsyncIterator[str],
+    lines: AsyncGenerator[str, None],
     show: Callable[[str], None],
     *,
     close_wait: float = DEFAULT_CLOSE_WAIT,
@@ -149,12 +149,13 @@ async def run_session(
         async def send_user_lines() -> None:
             nonlocal asked_to_close
             try:
-                async for line in lines:
-                    await client.send_line(line)
-                    if is_closing_command(line):
-                        break
-                else:
-                    await client.stream.send_eof()
+                async with aclosing(lines):
+                    async for line in lines:
+                        await client.send_line(line)
+                        if is_closing_command(line):
+                            break
+                    else:
+                        await client.stream.send_eof()
             except trio.BrokenResourceError:
                 pass  # the reader sees the close and reports it
             else:

@@ -23,6 +23,7 @@ Error handling: every ``OSError`` from the socket becomes
 from __future__ import annotations
 
 import contextlib
+import operator
 import socket
 
 import trio
@@ -36,20 +37,25 @@ class SendTimeout(trio.BrokenResourceError):
 
 
 class SocketStream(trio.abc.HalfCloseableStream):
-    __slots__ = ("_closed", "_send_timeout", "_sock")
+    __slots__ = ("_closed", "_send_closed", "_send_timeout", "_sock", "_waiting_to_send")
 
     def __init__(self, sock: socket.socket, *, send_timeout: float = float("inf")) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._send_timeout = send_timeout
         self._closed = False
+        self._send_closed = False  # after send_eof() or aclose()
+        # Two tasks sending at once is a bug; trio's own wait_writable catches
+        # two waiters, and this flag catches send_eof() racing a blocked send.
+        # The fast path, which never waits, needs no such bookkeeping.
+        self._waiting_to_send = False
 
     @property
     def socket(self) -> socket.socket:
         return self._sock
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes
+        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
         if size < 1:
             raise ValueError("max_bytes must be >= 1")
         while True:
@@ -66,8 +72,8 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 raise trio.BrokenResourceError(str(exc)) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("stream was closed")
+        if self._send_closed:
+            raise trio.ClosedResourceError("stream was closed for sending")
         try:
             sent = self._sock.send(data) if data else 0
         except BlockingIOError:
@@ -78,6 +84,13 @@ class SocketStream(trio.abc.HalfCloseableStream):
             await self._send_rest(memoryview(data)[sent:])
 
     async def _send_rest(self, view: memoryview) -> None:
+        self._waiting_to_send = True
+        try:
+            await self._send_view(view)
+        finally:
+            self._waiting_to_send = False
+
+    async def _send_view(self, view: memoryview) -> None:
         while view:
             with trio.move_on_after(self._send_timeout):
                 await wait_writable(self._sock)
@@ -86,7 +99,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 except BlockingIOError:
                     pass
                 except OSError as exc:
-                    if self._closed:
+                    if self._send_closed:
                         raise trio.ClosedResourceError("stream was closed") from None
                     raise trio.BrokenResourceError(str(exc)) from exc
                 continue
@@ -95,18 +108,25 @@ class SocketStream(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
-        await wait_writable(self._sock)
+        self._waiting_to_send = True
+        try:
+            await wait_writable(self._sock)
+        finally:
+            self._waiting_to_send = False
 
     async def send_eof(self) -> None:
         if self._closed:
             raise trio.ClosedResourceError("stream was closed")
+        if self._waiting_to_send:
+            raise trio.BusyResourceError("another task is sending on this stream")
         await checkpoint()
+        self._send_closed = True
         with contextlib.suppress(OSError):  # already disconnected: nothing to signal
             self._sock.shutdown(socket.SHUT_WR)
 
     async def aclose(self) -> None:
         if not self._closed:
-            self._closed = True
+            self._closed = self._send_closed = True
             notify_closing(self._sock)
             self._sock.close()
         await checkpoint()

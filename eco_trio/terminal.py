@@ -9,7 +9,7 @@ so far.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TextIO
 
 import trio
@@ -42,7 +42,7 @@ class Console:
         finally:
             self._prompting = False
 
-    async def lines(self) -> AsyncIterator[str]:
+    async def lines(self) -> AsyncGenerator[str, None]:
         """What the user types, a line at a time, until end of input (Ctrl-D).
         Blank lines are not sent."""
         while True:
@@ -64,7 +64,7 @@ class Console:
         self._output.flush()
 
 
-async def piped_lines(source: TextIO) -> AsyncIterator[str]:
+async def piped_lines(source: TextIO) -> AsyncGenerator[str, None]:
     """Lines of a non-interactive input, without their line endings."""
     async for line in trio.wrap_file(source):
         yield line.rstrip("\r\n")
