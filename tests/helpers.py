@@ -84,9 +84,7 @@ async def start_server(nursery: trio.Nursery, **options: object) -> Running:
     return Running(server, int(addresses[0].rsplit(":", 1)[1]))
 
 
-async def memory_peer(
-    nursery: trio.Nursery, server: Server, address: str = "127.0.0.1:40000"
-) -> Peer:
+async def memory_peer(nursery: trio.Nursery, server: Server, address: str = "127.0.0.1:40000") -> Peer:
     """A peer talking to one connection task over an in-memory stream pair."""
     client_side, server_side = trio.testing.memory_stream_pair()
     nursery.start_soon(serve_connection, server, server_side, address)

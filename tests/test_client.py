@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import pytest
 import trio
@@ -54,9 +54,7 @@ class Screen:
         self.lines.append(line)
 
 
-async def fake_server(
-    nursery: trio.Nursery, script: Callable[[Peer], object]
-) -> Client:
+async def fake_server(nursery: trio.Nursery, script: Callable[[Peer], Awaitable[object]]) -> Client:
     """A client whose server side is run by ``script`` over memory streams."""
     client_side, server_side = trio.testing.memory_stream_pair()
     nursery.start_soon(script, Peer(server_side))

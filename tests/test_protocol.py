@@ -167,7 +167,9 @@ def test_invalid_utf8_is_answered_with_an_error_and_the_next_line_served() -> No
     assert out[2] == b"OTRA"
 
 
-@pytest.mark.parametrize("chunks", [[b"x" * 11], [b"x" * 6, b"x" * 5], [b"x" * 11 + b"\n"], [b"ok\n" + b"y" * 11 + b"\n"]])
+@pytest.mark.parametrize(
+    "chunks", [[b"x" * 11], [b"x" * 6, b"x" * 5], [b"x" * 11 + b"\n"], [b"ok\n" + b"y" * 11 + b"\n"]]
+)
 def test_a_line_over_the_limit_is_refused_and_closes(chunks: list[bytes]) -> None:
     out = feed(chunks, max_line=10)
     assert out.endswith(b"<CLOSE>")
@@ -176,7 +178,9 @@ def test_a_line_over_the_limit_is_refused_and_closes(chunks: list[bytes]) -> Non
 
 
 def test_lines_at_the_limit_pass() -> None:
-    assert feed([b"x" * 10 + b"\r\n" + b"y" * 10 + b"\n"], max_line=10) == b"X" * 10 + b"\n" + b"Y" * 10 + b"\n"
+    assert (
+        feed([b"x" * 10 + b"\r\n" + b"y" * 10 + b"\n"], max_line=10) == b"X" * 10 + b"\n" + b"Y" * 10 + b"\n"
+    )
 
 
 def test_is_closing_command() -> None:

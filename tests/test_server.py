@@ -58,7 +58,9 @@ async def test_unterminated_message_answered_after_the_pause(
     assert trio.current_time() - start == pytest.approx(0.1)
 
 
-async def test_pause_restarts_with_every_byte(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_pause_restarts_with_every_byte(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     peer = await greeted(nursery, Server(ServerConfig(pause=0.1)))
     start = trio.current_time()
     for byte in b"hola":
@@ -68,7 +70,9 @@ async def test_pause_restarts_with_every_byte(nursery: trio.Nursery, autojump_cl
     assert trio.current_time() - start == pytest.approx(0.15 + 0.1)  # last byte + pause
 
 
-async def test_split_character_comes_out_whole(nursery: trio.Nursery, autojump_clock: trio.testing.MockClock) -> None:
+async def test_split_character_comes_out_whole(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
     peer = await greeted(nursery, Server())
     encoded = "año\n".encode()
     await peer.send(encoded[:2])
@@ -141,9 +145,9 @@ async def test_listar_shows_exactly_the_connected_clients(nursery: trio.Nursery)
             in_arrival_order = [local_address(p) for p in (first, second, leaving)]
             assert await listing(first) == in_arrival_order
             assert await listing(leaving) == in_arrival_order
-        with trio.fail_after(WAIT):
-            while len(running.server.registry) > 2:
-                await trio.sleep(0.01)
+            # The server forgets a client before it closes the connection.
+            assert await leaving.request(b"APAGAR") == protocol.FAREWELL.encode()
+            assert await leaving.expect_eof() == b""
         assert await listing(second) == [local_address(first), local_address(second)]
 
 
@@ -183,12 +187,11 @@ async def test_desconexion_ends_everything_even_a_client_that_never_reads(nurser
     hog = blocking_client(port)
     hog.setblocking(False)
     flood = b"x" * 60000 + b"\n"
-    with trio.fail_after(WAIT):
-        while True:
-            try:
-                hog.send(flood)
-            except BlockingIOError:
-                break
+    for _ in range(10_000):  # bounded: loopback buffers are a few MiB at most
+        try:
+            hog.send(flood)
+        except BlockingIOError:
+            break
     async with (
         await trio.open_tcp_stream("127.0.0.1", port) as other_stream,
         await trio.open_tcp_stream("127.0.0.1", port) as requester_stream,
@@ -205,7 +208,7 @@ async def test_desconexion_ends_everything_even_a_client_that_never_reads(nurser
             await done.wait()
         assert trio.current_time() - start < 0.5 + 1.0
     hog.close()
-    with pytest.raises(OSError):  # listeners are closed
+    with pytest.raises(ConnectionRefusedError):  # listeners are closed
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
@@ -233,5 +236,5 @@ async def test_beginner_blocking_client_without_newline(nursery: trio.Nursery) -
 
 async def test_port_in_use_raises(nursery: trio.Nursery) -> None:
     running = await start_server(nursery)
-    with pytest.raises(OSError, match="127.0.0.1"):
+    with pytest.raises(OSError, match=r"127\.0\.0\.1"):
         await Server(ServerConfig(host="127.0.0.1", port=running.port)).serve()

@@ -1,0 +1,244 @@
+"""End to end: ``python -m eco_trio`` run as a user runs it, in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+
+import eco_trio
+
+TIMEOUT = 20
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    port: int
+    log: list[str]
+
+
+def eco(*args: str) -> list[str]:
+    return [sys.executable, "-m", "eco_trio", *args]
+
+
+@contextmanager
+def server_process(*args: str) -> Iterator[ServerProcess]:
+    """``python -m eco_trio servidor --port 0`` until it says where it listens."""
+    process = subprocess.Popen(
+        eco("servidor", "--host", "127.0.0.1", "--port", "0", *args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    log: list[str] = []
+    listening = threading.Event()
+    ports: list[int] = []
+
+    def read_log() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                ports.append(int(match[1]))
+                listening.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(TIMEOUT), f"server did not start: {log}"
+        yield ServerProcess(process, ports[0], log)
+    finally:
+        if process.poll() is None:
+            process.kill()  # only our own child, by its handle
+        process.wait(TIMEOUT)
+        reader.join(TIMEOUT)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def client(port: int, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        eco("cliente", "--host", "127.0.0.1", "--port", str(port), *args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_piped_client_gets_greeting_and_replies() -> None:
+    with server_process() as server:
+        result = client(server.port, stdin="hola\nñandú straße\nhola servidor\n")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[0].startswith("BIENVENIDO")
+        assert lines[1:] == ["HOLA", "ÑANDÚ STRASSE", "HOLA CLIENTE"]
+        assert "Traceback" not in result.stderr
+    assert any("connected 127.0.0.1:" in line for line in server.log)
+    assert any("disconnected 127.0.0.1:" in line for line in server.log)
+
+
+def test_piped_client_stops_after_apagar() -> None:
+    with server_process() as server:
+        result = client(server.port, stdin="uno\nAPAGAR\nnunca\n")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[1:] == ["UNO", "ADIOS: conexión cerrada."]
+
+
+def test_message_arguments_print_only_the_replies() -> None:
+    with server_process() as server:
+        result = client(server.port, "hola", "LISTAR")
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[:2] == ["HOLA", "CLIENTES 1"]
+        assert lines[2].startswith("127.0.0.1:") and lines[2].endswith("(tú)")
+        assert len(lines) == 3
+
+
+def test_desconexion_stops_the_server_with_status_0() -> None:
+    with server_process() as server:
+        result = client(server.port, "DESCONEXION")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "DESCONEXION: apagando el servidor.\n"
+        assert server.process.wait(TIMEOUT) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_notify_clients_and_exit_0_with_the_port_free(signum: int) -> None:
+    with server_process() as server:
+        with (
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock,
+            sock.makefile("rb") as stream,
+        ):
+            assert stream.readline().startswith(b"BIENVENIDO")
+            server.process.send_signal(signum)
+            assert (
+                stream.readline() == b"AVISO: el servidor se est\xc3\xa1 apagando; conexi\xc3\xb3n cerrada.\n"
+            )
+            assert stream.readline() == b""
+        assert server.process.wait(TIMEOUT) == 0
+    with socket.socket() as again:  # free for an immediate restart
+        again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        again.bind(("127.0.0.1", server.port))
+
+
+def test_refused_connection_is_one_clear_line() -> None:
+    port = free_port()
+    result = client(port, "hola")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert f"127.0.0.1:{port}" in result.stderr
+    assert "python -m eco_trio servidor" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_host_is_one_clear_line() -> None:
+    result = subprocess.run(
+        eco("cliente", "--host", "no-such-host.invalid", "hola"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "no-such-host.invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_is_one_clear_line() -> None:
+    with server_process() as server:
+        result = subprocess.run(
+            eco("servidor", "--host", "127.0.0.1", "--port", str(server.port)),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1
+        assert f"127.0.0.1:{server.port}" in result.stderr and "in use" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["servidor", "--port", "abc"],
+        ["servidor", "--port", "70000"],
+        ["servidor", "--grace", "-1"],
+        ["bogus"],
+    ],
+)
+def test_bad_options_are_one_clear_line(args: list[str]) -> None:
+    result = subprocess.run(eco(*args), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "error" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_version_and_help() -> None:
+    version = subprocess.run(eco("--version"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert version.returncode == 0 and eco_trio.__version__ in version.stdout
+    help_text = subprocess.run(
+        eco("servidor", "--help"), capture_output=True, text=True, timeout=TIMEOUT
+    ).stdout
+    for option in (
+        "--host",
+        "--port",
+        "--grace",
+        "--pause",
+        "--max-line",
+        "--max-clients",
+        "--idle-timeout",
+        "--send-timeout",
+        "--token",
+        "--no-remote-shutdown",
+        "--log-level",
+    ):
+        assert option in help_text
+
+
+def test_client_against_a_server_that_never_sends_newlines() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def bare_server() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"HOLA SIN SALTO")
+                data = b""
+                while b"\n" not in data:
+                    data += conn.recv(1024)
+                time.sleep(0.5)  # a pause between the two: they are two messages
+                conn.sendall(data.strip().upper())
+                while conn.recv(1024):  # until the client half-closes
+                    pass
+
+        thread = threading.Thread(target=bare_server, daemon=True)
+        thread.start()
+        result = client(port, stdin="eco\n")
+        thread.join(TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["HOLA SIN SALTO", "ECO"]
+
+
+@pytest.fixture(autouse=True)
+def _no_inherited_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ECO_TRIO_TOKEN", raising=False)
+    assert "ECO_TRIO_TOKEN" not in os.environ
