@@ -19,7 +19,7 @@ from . import __version__
 from .client import DEFAULT_CLOSE_WAIT, Client, ConnectionClosed, SessionEnd, run_messages, run_session
 from .protocol import DEFAULT_MAX_LINE
 from .server import Server, ServerConfig
-from .terminal import Console, piped_lines, print_line
+from .terminal import Console, piped_lines, print_line, terminal_restored
 
 log = logging.getLogger("eco_trio.server")
 _E = TypeVar("_E", bound=BaseException)
@@ -226,7 +226,8 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
 
 def run_client(args: argparse.Namespace) -> int:
     try:
-        return trio.run(_talk, args)
+        with terminal_restored(sys.stdin):
+            return trio.run(_talk, args)
     except BaseException as exc:
         if _only(exc, KeyboardInterrupt) is None:
             raise
@@ -258,7 +259,10 @@ async def _talk(args: argparse.Namespace) -> int:
             return EXIT_OK
         if sys.stdin.isatty():
             console = Console(sys.stdout)
-            end = await run_session(client, console.lines(), console.show, close_wait=args.close_wait)
+            try:
+                end = await run_session(client, console.lines(), console.show, close_wait=args.close_wait)
+            finally:
+                console.finish()
         else:
             end = await run_session(client, piped_lines(sys.stdin), show, close_wait=args.close_wait)
     if end is SessionEnd.SERVER_CLOSED:

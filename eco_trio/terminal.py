@@ -9,7 +9,9 @@ so far.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+import termios
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 import trio
@@ -34,9 +36,19 @@ class Console:
         self._prompt = prompt
         self._read_line = read_line
         self._prompting = False
+        # With readline, "prompting" starts once readline has drawn the
+        # prompt (its pre-input hook); marking it earlier would let a server
+        # line draw a prompt that readline then draws a second time.
+        self._uses_hook = readline is not None and read_line is input
+        if self._uses_hook:
+            readline.set_pre_input_hook(self._prompt_drawn)
+
+    def _prompt_drawn(self) -> None:
+        self._prompting = True
 
     def _read(self) -> str:
-        self._prompting = True
+        if not self._uses_hook:
+            self._prompting = True
         try:
             return self._read_line(self._prompt)
         finally:
@@ -54,6 +66,13 @@ class Console:
             if line.strip():
                 yield line
 
+    def finish(self) -> None:
+        """Clear a prompt the session ended under (its input is abandoned)."""
+        if self._prompting:
+            self._output.write("\r\x1b[2K")
+            self._output.flush()
+            self._prompting = False
+
     def show(self, text: str) -> None:
         if self._prompting:
             typed = readline.get_line_buffer() if readline is not None else ""
@@ -62,6 +81,21 @@ class Console:
         else:
             self._output.write(text + "\n")
         self._output.flush()
+
+
+@contextmanager
+def terminal_restored(stream: TextIO) -> Iterator[None]:
+    """Put the terminal back as it was, even if we leave while readline,
+    in its worker thread, still has it in character-at-a-time mode."""
+    try:
+        saved = termios.tcgetattr(stream)
+    except (termios.error, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        termios.tcsetattr(stream, termios.TCSADRAIN, saved)
 
 
 async def piped_lines(source: TextIO) -> AsyncGenerator[str, None]:
