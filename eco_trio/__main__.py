@@ -183,6 +183,7 @@ def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
+    _raise_open_files_limit()
     try:
         return trio.run(_serve_until_stopped, config)
     except BaseException as exc:
@@ -219,6 +220,25 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
             await server.serve()
             nursery.cancel_scope.cancel()
     return EXIT_INTERRUPTED if forced else EXIT_OK
+
+
+def _raise_open_files_limit() -> None:
+    """Each client costs a file descriptor: lift the soft limit to the hard
+    one (often 1024 -> far more) so --max-clients, not the OS, is the cap."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on this platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20  # Linux refuses an infinite soft limit; nr_open's usual value
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
+            return
+    log.debug("open-files limit: %d", hard)
 
 
 # --- cliente ------------------------------------------------------------------

@@ -41,7 +41,8 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
 
     Resource handling: always closes ``stream``.  Error handling: a client
     that vanishes (reset, broken pipe, send timeout) ends only its own
-    conversation, logged at DEBUG.
+    conversation, logged at DEBUG; any other exception is logged with its
+    traceback at ERROR and also ends only this conversation.
     """
     registry = server.registry
     entry = registry.register(address, trio.current_time())
@@ -56,6 +57,10 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
         linger = await _converse(server, stream, entry)
     except trio.BrokenResourceError as exc:
         log.debug("%s: connection broken: %s", address, exc)
+        linger = False
+    except Exception:
+        # A bug must not take every other client down with this one.
+        log.exception("%s: unexpected error; closing this connection", address)
         linger = False
     finally:
         registry.unregister(entry)

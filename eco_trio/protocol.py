@@ -145,7 +145,9 @@ class ServerProtocol:
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:
             raise ValueError("max_line must be at least 1")
-        self._buffer = b""
+        # A fragment grows in place: re-joining bytes on every read would make
+        # a client trickling one byte at a time cost quadratic copying.
+        self._buffer = bytearray()
         self._max_line = max_line
         self._closed = False
 
@@ -168,15 +170,23 @@ class ServerProtocol:
                 self._closed = True
                 events.append(_CLOSE)
             return events
-        buffer = self._buffer + data if self._buffer else data
+        if self._buffer:
+            self._buffer += data
+            if b"\n" not in data:
+                return self._check_fragment_size([])
+            buffer = bytes(self._buffer)
+            self._buffer.clear()
+        else:
+            buffer = data
         end = buffer.rfind(b"\n") + 1
         if end == 0:
-            self._buffer = buffer
+            self._buffer += buffer
             return self._check_fragment_size([])
         if end == len(buffer):
-            complete, self._buffer = buffer, b""
+            complete = buffer
         else:
-            complete, self._buffer = buffer[:end], buffer[end:]
+            complete = buffer[:end]
+            self._buffer += memoryview(buffer)[end:]
         batch = self._fast_batch(complete)
         if batch is None:
             batch = self._line_by_line(complete.split(b"\n")[:-1])
@@ -243,17 +253,18 @@ class ServerProtocol:
         if replies:
             events.append(Reply(b"".join(replies)))
         if self._closed:
-            self._buffer = b""
+            self._buffer.clear()
             events.append(_CLOSE)
         return events
 
     def _fragment_events(self, *, final: bool) -> list[Event]:
-        fragment = self._buffer
+        fragment = bytes(self._buffer)
         keep = 0 if final else _incomplete_utf8_tail(fragment)
         if keep:
-            fragment, self._buffer = fragment[:-keep], fragment[-keep:]
+            fragment = fragment[:-keep]
+            del self._buffer[:-keep]
         else:
-            self._buffer = b""
+            self._buffer.clear()
         if not fragment:
             return []
         return self._line_by_line([fragment])
@@ -262,7 +273,7 @@ class ServerProtocol:
         # A trailing \r may be the first half of a \r\n: it does not count.
         limit = self._max_line + self._buffer.endswith(b"\r")
         if len(self._buffer) > limit and not self._closed:
-            self._buffer = b""
+            self._buffer.clear()
             self._closed = True
             events.append(Reply(encode_line(line_too_long(self._max_line))))
             events.append(_CLOSE)
@@ -282,7 +293,7 @@ class LineReader:
     __slots__ = ("_buffer", "_max_line")
 
     def __init__(self, max_line: int = 1024 * 1024) -> None:
-        self._buffer = b""
+        self._buffer = bytearray()  # grows in place, as in ServerProtocol
         self._max_line = max_line
 
     @property
@@ -290,23 +301,27 @@ class LineReader:
         return bool(self._buffer)
 
     def feed(self, data: bytes) -> list[str]:
-        buffer = self._buffer + data
-        *lines, rest = buffer.split(b"\n")
-        while len(rest) > self._max_line:
-            lines.append(rest[: self._max_line])
-            rest = rest[self._max_line :]
-        self._buffer = rest
+        self._buffer += data
+        lines: list[bytes] = []
+        if b"\n" in data:
+            *lines, rest = bytes(self._buffer).split(b"\n")
+            self._buffer[:] = rest
+        while len(self._buffer) > self._max_line:
+            lines.append(bytes(self._buffer[: self._max_line]))
+            del self._buffer[: self._max_line]
         return [_decode_shown(line) for line in lines]
 
     def flush(self, *, final: bool = False) -> str | None:
         """The fragment waiting for its newline, as a line (None if empty).
 
         Unless ``final``, a UTF-8 character cut short stays buffered."""
-        keep = 0 if final else _incomplete_utf8_tail(self._buffer)
+        fragment = bytes(self._buffer)
+        keep = 0 if final else _incomplete_utf8_tail(fragment)
         if keep:
-            fragment, self._buffer = self._buffer[:-keep], self._buffer[-keep:]
+            fragment = fragment[:-keep]
+            del self._buffer[:-keep]
         else:
-            fragment, self._buffer = self._buffer, b""
+            self._buffer.clear()
         return _decode_shown(fragment) if fragment else None
 
 

@@ -31,6 +31,9 @@ log = logging.getLogger("eco_trio.server")
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 _ACCEPT_BACKOFF = 0.1
 _ACCEPT_BATCH = 64
+_KEEPALIVE_IDLE = 60
+_KEEPALIVE_INTERVAL = 15
+_KEEPALIVE_PROBES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +117,8 @@ class Server:
         config = self.config
         listeners = await open_listeners(config.host, config.port, config.backlog)
         addresses = [format_address(sock.getsockname()) for sock in listeners]
-        if config.token is None and not all(_is_loopback(a) for a in addresses):
-            log.warning(
-                "listening beyond loopback without --token: DESCONEXION is accepted from loopback peers only"
-            )
+        if (warning := exposure_warning(addresses, config)) is not None:
+            log.warning("%s", warning)
         with trio.CancelScope() as connections_scope:  # the shared scope
             async with trio.open_nursery() as connections:
                 try:
@@ -158,9 +159,21 @@ class Server:
                     if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                         continue  # that client gave up before we accepted it
                     raise
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                _tune(sock)
                 stream = SocketStream(sock, send_timeout=send_timeout)
                 connections.start_soon(serve_connection, self, stream, format_address(peer))
+
+
+def _tune(sock: socket.socket) -> None:
+    """Per-connection socket options: no Nagle delay on replies, and TCP
+    keepalive so a peer that vanished without a FIN (a half-open connection)
+    is found within about two minutes, not the kernel's default two hours."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; elsewhere the OS defaults apply
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, _KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, _KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, _KEEPALIVE_PROBES)
 
 
 async def serve(
@@ -212,6 +225,19 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
             sock.close()
         raise
     return listeners
+
+
+def exposure_warning(addresses: list[str], config: ServerConfig) -> str | None:
+    """What to warn about when others can reach a server that anyone on
+    loopback can shut down."""
+    if config.token is not None or not config.remote_shutdown:
+        return None
+    if all(_is_loopback(address) for address in addresses):
+        return None
+    return (
+        "listening beyond loopback without --token: DESCONEXION is accepted from "
+        "loopback peers only (set --token to allow it elsewhere, --no-remote-shutdown to refuse it)"
+    )
 
 
 def _is_loopback(address: str) -> bool:
