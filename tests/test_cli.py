@@ -238,6 +238,42 @@ def test_client_against_a_server_that_never_sends_newlines() -> None:
     assert result.stdout.splitlines() == ["HOLA SIN SALTO", "ECO"]
 
 
+def test_token_from_the_environment_guards_desconexion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECO_TRIO_TOKEN", "s3creto")
+    with server_process() as server:
+        refused = client(server.port, "DESCONEXION")
+        assert refused.returncode == 0 and refused.stdout.startswith("ERROR")
+        assert server.process.poll() is None
+        accepted = client(server.port, "DESCONEXION s3creto")
+        assert accepted.stdout == "DESCONEXION: apagando el servidor.\n"
+        assert server.process.wait(TIMEOUT) == 0
+    assert not any("s3creto" in line for line in server.log)
+
+
+def test_second_ctrl_c_stops_at_once() -> None:
+    with server_process("--grace", "60") as server:
+        # A client that floods and never reads keeps the graceful shutdown
+        # waiting for the whole grace period.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as hog:
+            hog.setblocking(False)
+            for _ in range(10_000):
+                try:
+                    hog.send(b"x" * 65535 + b"\n")
+                except BlockingIOError:
+                    break
+            time.sleep(0.2)
+            server.process.send_signal(signal.SIGINT)
+            deadline = time.monotonic() + TIMEOUT
+            while not any("shutting down" in line for line in server.log):
+                assert time.monotonic() < deadline, server.log
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert server.process.poll() is None  # still in its grace period
+            server.process.send_signal(signal.SIGINT)
+            assert server.process.wait(TIMEOUT) == 130
+    assert not any("Traceback" in line for line in server.log)
+
+
 @pytest.fixture(autouse=True)
 def _no_inherited_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ECO_TRIO_TOKEN", raising=False)
