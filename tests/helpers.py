@@ -35,9 +35,9 @@ class Peer:
     async def send(self, data: bytes) -> None:
         await self.stream.send_all(data)
 
-    async def line(self, timeout: float = WAIT) -> bytes:
+    async def line(self, wait: float = WAIT) -> bytes:
         """The next line, without its newline."""
-        with trio.fail_after(timeout):
+        with trio.fail_after(wait):
             while b"\n" not in self._buffer:
                 chunk = await self.stream.receive_some(65536)
                 assert chunk, f"connection closed; unterminated data: {self._buffer!r}"

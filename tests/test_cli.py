@@ -251,26 +251,28 @@ def test_token_from_the_environment_guards_desconexion(monkeypatch: pytest.Monke
 
 
 def test_second_ctrl_c_stops_at_once() -> None:
-    with server_process("--grace", "60") as server:
-        # A client that floods and never reads keeps the graceful shutdown
-        # waiting for the whole grace period.
-        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as hog:
-            hog.setblocking(False)
-            for _ in range(10_000):
-                try:
-                    hog.send(b"x" * 65535 + b"\n")
-                except BlockingIOError:
-                    break
-            time.sleep(0.2)
-            server.process.send_signal(signal.SIGINT)
-            deadline = time.monotonic() + TIMEOUT
-            while not any("shutting down" in line for line in server.log):
-                assert time.monotonic() < deadline, server.log
-                time.sleep(0.05)
-            time.sleep(0.3)
-            assert server.process.poll() is None  # still in its grace period
-            server.process.send_signal(signal.SIGINT)
-            assert server.process.wait(TIMEOUT) == 130
+    # A client that floods and never reads keeps the graceful shutdown
+    # waiting for the whole grace period.
+    with (
+        server_process("--grace", "60") as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as hog,
+    ):
+        hog.setblocking(False)
+        for _ in range(10_000):
+            try:
+                hog.send(b"x" * 65535 + b"\n")
+            except BlockingIOError:
+                break
+        time.sleep(0.2)
+        server.process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + TIMEOUT
+        while not any("shutting down" in line for line in server.log):
+            assert time.monotonic() < deadline, server.log
+            time.sleep(0.05)
+        time.sleep(0.3)
+        assert server.process.poll() is None  # still in its grace period
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(TIMEOUT) == 130
     assert not any("Traceback" in line for line in server.log)
 
 

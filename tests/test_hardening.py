@@ -120,7 +120,7 @@ async def test_idle_timeout_closes_a_slowloris_but_not_an_active_client(
 
     nursery.start_soon(trickle)
     nursery.start_soon(chat)
-    notice = await slow.line(timeout=60)
+    notice = await slow.line(wait=60)
     assert notice.startswith(b"AVISO") and b"10 s" in notice
     assert trio.current_time() - start == pytest.approx(10, abs=0.2)
     assert await slow.expect_eof() == b""
@@ -211,7 +211,7 @@ async def test_abrupt_disconnects_leave_no_trace(
                 rows = await listing(good)
                 if sorted(rows[1:]) == sorted(expected):
                     break
-                await trio.sleep(0.05)  # noqa: ASYNC110 - polling another process's view
+                await trio.sleep(0.05)  # polling: no event tells us when the server noticed
         assert rows[0] == local_address(good.stream.socket)  # type: ignore[attr-defined]
         await still_served(good)
     for sock in survivors:
