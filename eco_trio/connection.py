@@ -27,10 +27,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("eco_trio.server")
 
 RECEIVE_SIZE = 64 * 1024
-#: After we close our side, how long and how much we keep reading (and
-#: dropping) so unread client data does not turn our close into a reset that
-#: could destroy the goodbye line before the client reads it.
+#: After we close our side we keep reading (and dropping) what the client
+#: still sends, so unread data does not turn our close into a reset that could
+#: destroy the goodbye line before the client reads it (nginx's lingering
+#: close).  At most LINGER_SECONDS and LINGER_BYTES in all, and we stop as
+#: soon as the client is quiet for LINGER_QUIET: a client that sends nothing
+#: more costs only that pause, however long it keeps its socket open.
 LINGER_SECONDS = 1.0
+LINGER_QUIET = 0.2
 LINGER_BYTES = 256 * 1024
 
 _GREETING = protocol.encode_line(protocol.GREETING)
@@ -175,7 +179,9 @@ async def _close_gracefully(stream: trio.abc.HalfCloseableStream) -> None:
             await stream.send_eof()
             drained = 0
             while drained < LINGER_BYTES:
-                chunk = await stream.receive_some(RECEIVE_SIZE)
+                chunk = b""
+                with trio.move_on_after(LINGER_QUIET):
+                    chunk = await stream.receive_some(RECEIVE_SIZE)
                 if not chunk:
                     break
                 drained += len(chunk)

@@ -91,6 +91,27 @@ async def memory_peer(nursery: trio.Nursery, server: Server, address: str = "127
     return Peer(client_side)
 
 
+async def flood_until_stuck(sock: socket.socket, line_size: int = 65536) -> None:
+    """Send lines on a non-blocking socket, never reading, until the server
+    has stopped reading them (sends blocked for half a second): it is then
+    stuck writing replies nobody reads.  Bounded in count and time."""
+    line = b"f" * (line_size - 1) + b"\n"
+    pending = memoryview(line)
+    blocked = 0
+    with trio.fail_after(WAIT * 2):
+        for _ in range(100_000):
+            try:
+                # A partial send must be finished, or lines would run together.
+                pending = pending[sock.send(pending) :] or memoryview(line)
+                blocked = 0
+            except BlockingIOError:
+                blocked += 1
+                if blocked == 10:
+                    return
+                await trio.sleep(0.05)
+    raise AssertionError("the server kept reading a client that never reads")
+
+
 def blocking_client(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
     return sock

@@ -258,12 +258,18 @@ def test_second_ctrl_c_stops_at_once() -> None:
         socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as hog,
     ):
         hog.setblocking(False)
-        for _ in range(10_000):
+        blocked = 0
+        line = b"x" * 65535 + b"\n"
+        pending = memoryview(line)
+        for _ in range(100_000):  # until the server stops reading us
             try:
-                hog.send(b"x" * 65535 + b"\n")
+                pending = pending[hog.send(pending) :] or memoryview(line)
+                blocked = 0
             except BlockingIOError:
-                break
-        time.sleep(0.2)
+                blocked += 1
+                if blocked == 10:
+                    break
+                time.sleep(0.05)
         server.process.send_signal(signal.SIGINT)
         deadline = time.monotonic() + TIMEOUT
         while not any("shutting down" in line for line in server.log):

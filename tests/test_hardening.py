@@ -18,7 +18,15 @@ import trio.testing
 from eco_trio import protocol
 from eco_trio.server import Server, ServerConfig, exposure_warning
 
-from .helpers import GREETING_PREFIX, WAIT, Peer, blocking_client, memory_peer, start_server
+from .helpers import (
+    GREETING_PREFIX,
+    WAIT,
+    Peer,
+    blocking_client,
+    flood_until_stuck,
+    memory_peer,
+    start_server,
+)
 
 
 async def still_served(peer: Peer) -> None:
@@ -140,9 +148,11 @@ async def test_slow_reader_is_cut_off_and_others_are_not_slowed(nursery: trio.Nu
         with trio.fail_after(WAIT * 3):
             # Push lines and never read: the server's replies back up until
             # it gives up on us.  Bounded by count and by time.
+            line = b"w" * 65535 + b"\n"
+            pending = memoryview(line)
             for _ in range(4000):
                 try:
-                    hog.send(b"w" * 65535 + b"\n")
+                    pending = pending[hog.send(pending) :] or memoryview(line)
                     continue
                 except BlockingIOError:
                     # The server stopped reading us (it cannot write to us):
@@ -282,12 +292,7 @@ async def test_shutdown_with_a_stuck_client_ends_at_the_grace_deadline(nursery: 
     port = int((await nursery.start(run))[0].rsplit(":", 1)[1])
     hog = blocking_client(port)
     hog.setblocking(False)
-    for _ in range(10_000):
-        try:
-            hog.send(b"v" * 60000 + b"\n")
-        except BlockingIOError:
-            break
-    await trio.sleep(0.1)  # let the server block writing to it
+    await flood_until_stuck(hog)
     start = trio.current_time()
     server.shutdown()
     with trio.fail_after(WAIT):

@@ -11,7 +11,15 @@ import trio.testing
 from eco_trio import protocol
 from eco_trio.server import Server, ServerConfig
 
-from .helpers import GREETING_PREFIX, WAIT, Peer, blocking_client, memory_peer, start_server
+from .helpers import (
+    GREETING_PREFIX,
+    WAIT,
+    Peer,
+    blocking_client,
+    flood_until_stuck,
+    memory_peer,
+    start_server,
+)
 
 # --- one connection over memory streams -----------------------------------------
 
@@ -186,12 +194,7 @@ async def test_desconexion_ends_everything_even_a_client_that_never_reads(nurser
     # writing to it.
     hog = blocking_client(port)
     hog.setblocking(False)
-    flood = b"x" * 60000 + b"\n"
-    for _ in range(10_000):  # bounded: loopback buffers are a few MiB at most
-        try:
-            hog.send(flood)
-        except BlockingIOError:
-            break
+    await flood_until_stuck(hog)
     async with (
         await trio.open_tcp_stream("127.0.0.1", port) as other_stream,
         await trio.open_tcp_stream("127.0.0.1", port) as requester_stream,
