@@ -179,7 +179,7 @@ async def _close_gracefully(stream: trio.abc.HalfCloseableStream) -> None:
             await stream.send_eof()
             drained = 0
             while drained < LINGER_BYTES:
-                chunk = b""
+                chunk: bytes | bytearray = b""
                 with trio.move_on_after(LINGER_QUIET):
                     chunk = await stream.receive_some(RECEIVE_SIZE)
                 if not chunk:
