@@ -6,6 +6,7 @@ The only module that touches argv, stdin/stdout, print and trio.run.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from typing import NoReturn, TypeVar
 import trio
 
 from . import __version__
+from .bench import MODES, BenchConfig, format_result, run_bench
 from .client import DEFAULT_CLOSE_WAIT, Client, ConnectionClosed, SessionEnd, run_messages, run_session
 from .protocol import DEFAULT_MAX_LINE
 from .server import Server, ServerConfig
@@ -67,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="A line-oriented TCP server that answers in uppercase, and its client.",
     )
     parser.add_argument("--version", action="version", version=f"eco_trio {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{servidor,cliente}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{servidor,cliente,bench}")
 
     server = commands.add_parser(
         "servidor",
@@ -157,7 +159,78 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MENSAJE",
         help="send these lines one by one, print each reply and exit",
     )
+    _add_bench_parser(commands)
     return parser
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure a server",
+        description="Load-test a server (eco_trio or any line-uppercasing one) and check every reply. "
+        "On a small machine, pin the server and the benchmark to different cores, e.g. "
+        "'taskset -c 1 python -m eco_trio servidor' and 'taskset -c 0 python -m eco_trio bench'.",
+    )
+    bench.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    bench.add_argument("--port", type=_port, default=5000, help="server port (default: %(default)s)")
+    bench.add_argument(
+        "--clients",
+        type=_positive(int),
+        default=50,
+        metavar="N",
+        help="connections (connect mode: concurrent slots) (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--seconds",
+        type=_positive(float),
+        default=3.0,
+        metavar="S",
+        help="measurement window, a hard bound (hold: how long to hold) (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--mode",
+        choices=MODES,
+        default="pingpong",
+        help="pingpong: 1 line in flight per connection; pipeline: --pipeline lines in "
+        "flight; connect: connect, greeting, one line, close, repeat; hold: open and hold "
+        "--clients connections (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--pipeline",
+        type=_positive(int),
+        default=16,
+        metavar="K",
+        help="lines in flight per connection in pipeline mode (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--size",
+        type=_positive(int),
+        default=64,
+        metavar="BYTES",
+        help="bytes per line, without the newline (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--greeting-lines",
+        type=int,
+        default=1,
+        metavar="N",
+        help="lines the server sends on connect, skipped (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="seconds of load before measuring (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="hold mode: read this process's memory from /proc to report it per connection",
+    )
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
 # --- servidor -----------------------------------------------------------------
@@ -317,10 +390,57 @@ def _reason(exc: OSError) -> str:
     return str(exc)
 
 
+# --- bench --------------------------------------------------------------------------
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    try:
+        config = BenchConfig(
+            host=args.host,
+            port=args.port,
+            clients=args.clients,
+            seconds=args.seconds,
+            mode=args.mode,
+            pipeline=args.pipeline,
+            size=args.size,
+            greeting_lines=args.greeting_lines,
+            warmup=args.warmup,
+            server_pid=args.server_pid,
+        )
+    except ValueError as exc:
+        print(f"eco_trio bench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    live = sys.stderr.isatty() and not args.json
+
+    def progress(elapsed: float, replies: int) -> None:
+        sys.stderr.write(f"\r  {elapsed:4.1f} s  {replies / elapsed if elapsed else 0:>12,.0f} replies/s")
+        sys.stderr.flush()
+
+    try:
+        result = run_bench(config, progress if live else None)
+    except OSError as exc:
+        print(f"eco_trio bench: {exc.strerror or exc}. Is the server running?", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if live:
+        sys.stderr.write("\r\x1b[2K")
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(format_result(result))
+    if result.errors or result.mismatches:
+        return EXIT_FAILURE
+    return EXIT_OK if result.replies or result.connections_held else EXIT_USAGE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "servidor":
         return run_server(args)
+    if args.command == "bench":
+        return run_benchmark(args)
     return run_client(args)
 
 

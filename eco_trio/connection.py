@@ -20,6 +20,7 @@ import trio
 from . import protocol
 from .protocol import Close, Event, ListClients, Reply, ServerProtocol, Shutdown
 from .registry import ClientEntry
+from .socket_stream import SocketStream
 
 if TYPE_CHECKING:
     from .server import Server
@@ -192,5 +193,8 @@ async def _close_gracefully(stream: trio.abc.HalfCloseableStream) -> None:
 
 
 async def _close_now(stream: trio.abc.HalfCloseableStream) -> None:
+    if isinstance(stream, SocketStream):
+        stream.close()  # our sockets close synchronously: no scope, no yield
+        return
     with trio.CancelScope(shield=True):
         await trio.aclose_forcefully(stream)

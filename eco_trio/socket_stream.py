@@ -37,7 +37,7 @@ class SendTimeout(trio.BrokenResourceError):
 
 
 class SocketStream(trio.abc.HalfCloseableStream):
-    __slots__ = ("_closed", "_send_closed", "_send_timeout", "_sock", "_waiting_to_send")
+    __slots__ = ("_closed", "_receiving", "_send_closed", "_send_timeout", "_sock", "_waiting_to_send")
 
     def __init__(self, sock: socket.socket, *, send_timeout: float = float("inf")) -> None:
         sock.setblocking(False)
@@ -49,6 +49,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         # two waiters, and this flag catches send_eof() racing a blocked send.
         # The fast path, which never waits, needs no such bookkeeping.
         self._waiting_to_send = False
+        self._receiving = False  # a task waits in receive_some
 
     @property
     def socket(self) -> socket.socket:
@@ -61,7 +62,11 @@ class SocketStream(trio.abc.HalfCloseableStream):
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
-            await wait_readable(self._sock)
+            self._receiving = True
+            try:
+                await wait_readable(self._sock)
+            finally:
+                self._receiving = False
             try:
                 return self._sock.recv(size)
             except BlockingIOError:
@@ -89,6 +94,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
             await self._send_view(view)
         finally:
             self._waiting_to_send = False
+        self._receiving = False  # a task waits in receive_some
 
     async def _send_view(self, view: memoryview) -> None:
         while view:
@@ -113,6 +119,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
             await wait_writable(self._sock)
         finally:
             self._waiting_to_send = False
+        self._receiving = False  # a task waits in receive_some
 
     async def send_eof(self) -> None:
         if self._closed:
@@ -124,9 +131,19 @@ class SocketStream(trio.abc.HalfCloseableStream):
         with contextlib.suppress(OSError):  # already disconnected: nothing to signal
             self._sock.shutdown(socket.SHUT_WR)
 
-    async def aclose(self) -> None:
+    def close(self) -> None:
+        """Close now, without yielding (for ``finally`` blocks that must not
+        wait).  :meth:`aclose` is this plus the checkpoint trio requires."""
         if not self._closed:
             self._closed = self._send_closed = True
-            notify_closing(self._sock)
+            # Only a task blocked on this socket needs waking (and trio's
+            # epoll state needs this before the fd number is reused while
+            # registered).  Otherwise closing is enough: the kernel drops a
+            # closed fd from epoll, and notify_closing would cost a syscall.
+            if self._receiving or self._waiting_to_send:
+                notify_closing(self._sock)
             self._sock.close()
+
+    async def aclose(self) -> None:
+        self.close()
         await checkpoint()

@@ -1,0 +1,120 @@
+"""``python -m eco_trio bench`` against a real server, and against liars."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from eco_trio.bench import BenchConfig, format_result, run_bench
+
+from .test_cli import TIMEOUT, eco, server_process
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--mode", "pingpong", "--clients", "3"],
+        ["--mode", "pipeline", "--clients", "3", "--pipeline", "8", "--size", "100"],
+        ["--mode", "connect", "--clients", "2"],
+    ],
+)
+def test_bench_measures_a_real_server(args: list[str]) -> None:
+    with server_process() as server:
+        result = subprocess.run(
+            eco("bench", "--port", str(server.port), "--seconds", "0.3", "--warmup", "0", "--json", *args),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["replies"] > 0 and report["replies_per_s"] > 0
+    assert report["errors"] == 0 and report["mismatches"] == 0
+    assert set(report["latency_us"]) == {"p50", "p99", "p99.9", "max"}
+    assert 0 < report["bench_cpu"] <= 1.5
+
+
+def test_bench_holds_connections_and_reports_server_memory() -> None:
+    with server_process() as server:
+        result = run_bench(
+            BenchConfig(port=server.port, mode="hold", clients=50, seconds=0.2, server_pid=server.process.pid)
+        )
+    assert result.connections_held == 50
+    assert result.errors == 0
+    assert result.server_kib_per_connection is not None
+    assert "held and verified" in format_result(result)
+
+
+@contextmanager
+def lying_server(answer: Callable[[bytes], bytes]) -> Iterator[int]:
+    """A one-thread-per-client server that greets, then answers with ``answer``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)  # so the accept loop sees ``stop``
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            conn.sendall(b"HOLA\n")
+            for line in lines:
+                conn.sendall(answer(line))
+                if stop.is_set():
+                    return
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.settimeout(None)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda line: line,  # not uppercased
+        lambda line: line.upper()[:-3] + b"\n",  # cut short
+        lambda line: line.upper() * 2,  # answered twice
+    ],
+)
+def test_bench_catches_wrong_replies(answer: Callable[[bytes], bytes]) -> None:
+    with lying_server(answer) as port:
+        result = subprocess.run(
+            eco(
+                "bench", "--port", str(port), "--clients", "2", "--seconds", "0.3", "--warmup", "0", "--json"
+            ),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["mismatches"] >= 1
+
+
+def test_bench_without_a_server_is_one_clear_line() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = subprocess.run(
+        eco("bench", "--port", str(port)), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in result.stderr
