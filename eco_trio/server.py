@@ -21,6 +21,7 @@ import trio
 
 from . import protocol
 from .connection import serve_connection
+from .reactor import Reactor
 from .registry import ClientEntry, Registry, format_address
 from .socket_stream import SocketStream
 
@@ -119,34 +120,45 @@ class Server:
         addresses = [format_address(sock.getsockname()) for sock in listeners]
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
-        with trio.CancelScope() as connections_scope:  # the shared scope
-            async with trio.open_nursery() as connections:
-                try:
-                    async with trio.open_nursery() as acceptors:
+        reactor = Reactor()
+        async with trio.open_nursery() as io:  # outlives every connection
+            await io.start(reactor.run)
+            with trio.CancelScope() as connections_scope:  # the shared scope
+                async with trio.open_nursery() as connections:
+                    try:
+                        async with trio.open_nursery() as acceptors:
+                            for sock in listeners:
+                                acceptors.start_soon(self._accept_loop, sock, connections, reactor)
+                            for address in addresses:
+                                log.info("listening on %s", address)
+                            task_status.started(addresses)
+                            await self._shutdown.wait()
+                            acceptors.cancel_scope.cancel()
+                    finally:
                         for sock in listeners:
-                            acceptors.start_soon(self._accept_loop, sock, connections)
-                        for address in addresses:
-                            log.info("listening on %s", address)
-                        task_status.started(addresses)
-                        await self._shutdown.wait()
-                        acceptors.cancel_scope.cancel()
-                finally:
-                    for sock in listeners:
-                        trio.lowlevel.notify_closing(sock)
-                        sock.close()
-                clients = len(self.registry)
-                log.info("shutting down: notifying %d clients (grace %g s)", clients, config.grace)
-                self.registry.notify_all(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
-                connections_scope.deadline = trio.current_time() + config.grace
+                            reactor.forget(sock.fileno())
+                            sock.close()
+                    clients = len(self.registry)
+                    log.info("shutting down: notifying %d clients (grace %g s)", clients, config.grace)
+                    self.registry.notify_all(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
+                    connections_scope.deadline = trio.current_time() + config.grace
+            io.cancel_scope.cancel()
         if connections_scope.cancelled_caught:
             log.info("grace period over: remaining connections cancelled")
         log.info("server stopped")
 
-    async def _accept_loop(self, listener: socket.socket, connections: trio.Nursery) -> None:
+    async def _accept_loop(
+        self, listener: socket.socket, connections: trio.Nursery, reactor: Reactor
+    ) -> None:
+        """Accept until the backlog is empty (the reactor is edge-triggered:
+        only new connections bring a new edge), then wait."""
         send_timeout = self.config.send_timeout
+        fd = listener.fileno()
+        reactor.register(listener)
         while True:
-            await trio.lowlevel.wait_readable(listener)
-            for _ in range(_ACCEPT_BATCH):
+            await reactor.wait_readable(fd)
+            accepted = 0
+            while True:
                 try:
                     sock, peer = listener.accept()
                 except BlockingIOError:
@@ -155,13 +167,16 @@ class Server:
                     if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
                         log.error("accept failed: %s; retrying in %g s", exc, _ACCEPT_BACKOFF)
                         await trio.sleep(_ACCEPT_BACKOFF)
-                        break
+                        continue
                     if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                         continue  # that client gave up before we accepted it
                     raise
                 _tune(sock)
-                stream = SocketStream(sock, send_timeout=send_timeout)
+                stream = SocketStream(sock, send_timeout=send_timeout, reactor=reactor)
                 connections.start_soon(serve_connection, self, stream, format_address(peer))
+                accepted += 1
+                if accepted % _ACCEPT_BATCH == 0:
+                    await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
 
 
 def _tune(sock: socket.socket) -> None:

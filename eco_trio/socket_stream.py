@@ -29,6 +29,8 @@ import socket
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
+from .reactor import Reactor
+
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 
 
@@ -37,12 +39,32 @@ class SendTimeout(trio.BrokenResourceError):
 
 
 class SocketStream(trio.abc.HalfCloseableStream):
-    __slots__ = ("_closed", "_receiving", "_send_closed", "_send_timeout", "_sock", "_waiting_to_send")
+    __slots__ = (
+        "_closed",
+        "_fd",
+        "_maybe_readable",
+        "_reactor",
+        "_receiving",
+        "_send_closed",
+        "_send_timeout",
+        "_sock",
+        "_waiting_to_send",
+    )
 
-    def __init__(self, sock: socket.socket, *, send_timeout: float = float("inf")) -> None:
+    def __init__(
+        self, sock: socket.socket, *, send_timeout: float = float("inf"), reactor: Reactor | None = None
+    ) -> None:
         sock.setblocking(False)
         self._sock = sock
+        self._fd = sock.fileno()
         self._send_timeout = send_timeout
+        self._reactor = reactor
+        # With a reactor: whether a read might find data without waiting for
+        # a new edge.  False until proven otherwise: registering a socket
+        # that already has data reports an edge at once.
+        self._maybe_readable = False
+        if reactor is not None:
+            reactor.register(sock)
         self._closed = False
         self._send_closed = False  # after send_eof() or aclose()
         # Two tasks sending at once is a bug; trio's own wait_writable catches
@@ -59,6 +81,8 @@ class SocketStream(trio.abc.HalfCloseableStream):
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
         if size < 1:
             raise ValueError("max_bytes must be >= 1")
+        if self._reactor is not None:
+            return await self._receive_edge_triggered(self._reactor, size)
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
@@ -75,6 +99,33 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 if self._closed:
                     raise trio.ClosedResourceError("stream was closed") from None
                 raise trio.BrokenResourceError(str(exc)) from exc
+
+    async def _receive_edge_triggered(self, reactor: Reactor, size: int) -> bytes:
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            if self._maybe_readable:
+                await checkpoint()  # no wait, but never starve other tasks
+            else:
+                self._receiving = True
+                try:
+                    await reactor.wait_readable(self._fd)
+                finally:
+                    self._receiving = False
+            try:
+                data = self._sock.recv(size)
+            except BlockingIOError:
+                self._maybe_readable = False  # drained: the next edge says when
+                continue
+            except OSError as exc:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed") from None
+                raise trio.BrokenResourceError(str(exc)) from exc
+            # A short read took everything there was; new data will bring a
+            # new edge.  A full read may have left some behind, and after
+            # end of input every read returns b"" at once.
+            self._maybe_readable = len(data) == size or not data
+            return data
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_closed:
@@ -140,7 +191,14 @@ class SocketStream(trio.abc.HalfCloseableStream):
             # epoll state needs this before the fd number is reused while
             # registered).  Otherwise closing is enough: the kernel drops a
             # closed fd from epoll, and notify_closing would cost a syscall.
-            if self._receiving or self._waiting_to_send:
+            if self._reactor is not None:
+                if self._receiving:
+                    self._reactor.notify_closing(self._fd)
+                else:
+                    self._reactor.forget(self._fd)
+                if self._waiting_to_send:
+                    notify_closing(self._sock)
+            elif self._receiving or self._waiting_to_send:
                 notify_closing(self._sock)
             self._sock.close()
 
