@@ -82,7 +82,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     config = server.config
     parser = ServerProtocol(config.max_line)
     receive_some, send_all = stream.receive_some, stream.send_all
-    current_time = trio.current_time
+    current_time = trio.lowlevel.current_clock().current_time
     pause, idle = config.pause, config.idle_timeout
     if server.shutting_down:
         entry.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
@@ -107,7 +107,9 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                 events = parser.receive_data(data)
                 if events:
                     entry.last_line_at = current_time()
-                    if await _answer(server, stream, entry, events):
+                    if len(events) == 1 and type(reply := events[0]) is Reply:
+                        await send_all(reply.data)  # the common case, without a call
+                    elif await _answer(server, stream, entry, events):
                         return bool(data)  # at EOF the client closed first
                 if parser.has_fragment:
                     last_data = current_time()
@@ -138,9 +140,6 @@ async def _answer(
 ) -> bool:
     """Send the replies ``events`` call for, in one write; returns whether the
     conversation is over."""
-    if len(events) == 1 and type(events[0]) is Reply:
-        await stream.send_all(events[0].data)
-        return False
     out: list[bytes] = []
     done = False
     for event in events:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import select
 import socket
+from collections.abc import Callable
 
 import outcome
 import trio
@@ -71,9 +72,20 @@ class Reactor:
         if task is not None:
             reschedule(task, outcome.Error(trio.ClosedResourceError("another task closed this socket")))
 
-    async def wait_readable(self, fd: int) -> None:
+    def aborter(self, fd: int) -> Callable[[RaiseCancelT], Abort]:
+        """The cancellation hook for waits on ``fd``, made once per socket
+        rather than once per wait."""
+        waiters = self._waiters
+
+        def abort(_: RaiseCancelT) -> Abort:
+            del waiters[fd]
+            return Abort.SUCCEEDED
+
+        return abort
+
+    async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> None:
         """Until ``fd`` gets new data (or EOF, or an error).  Always a
-        checkpoint."""
+        checkpoint.  ``abort`` is :meth:`aborter` of ``fd``."""
         if fd in self._pending:
             self._pending.discard(fd)
             await checkpoint()
@@ -81,11 +93,6 @@ class Reactor:
         if fd in self._waiters:
             raise trio.BusyResourceError("another task is already reading this socket")
         self._waiters[fd] = current_task()
-
-        def abort(_: RaiseCancelT) -> Abort:
-            del self._waiters[fd]
-            return Abort.SUCCEEDED
-
         await wait_task_rescheduled(abort)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

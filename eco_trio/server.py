@@ -155,8 +155,9 @@ class Server:
         send_timeout = self.config.send_timeout
         fd = listener.fileno()
         reactor.register(listener)
+        abort = reactor.aborter(fd)
         while True:
-            await reactor.wait_readable(fd)
+            await reactor.wait_readable(fd, abort)
             accepted = 0
             while True:
                 try:

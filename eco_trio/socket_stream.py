@@ -40,6 +40,7 @@ class SendTimeout(trio.BrokenResourceError):
 
 class SocketStream(trio.abc.HalfCloseableStream):
     __slots__ = (
+        "_abort_wait",
         "_closed",
         "_fd",
         "_maybe_readable",
@@ -65,6 +66,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         self._maybe_readable = False
         if reactor is not None:
             reactor.register(sock)
+            self._abort_wait = reactor.aborter(self._fd)
         self._closed = False
         self._send_closed = False  # after send_eof() or aclose()
         # Two tasks sending at once is a bug; trio's own wait_writable catches
@@ -81,26 +83,10 @@ class SocketStream(trio.abc.HalfCloseableStream):
         size = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
         if size < 1:
             raise ValueError("max_bytes must be >= 1")
-        if self._reactor is not None:
-            return await self._receive_edge_triggered(self._reactor, size)
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("stream was closed")
-            self._receiving = True
-            try:
-                await wait_readable(self._sock)
-            finally:
-                self._receiving = False
-            try:
-                return self._sock.recv(size)
-            except BlockingIOError:
-                continue  # woken spuriously: wait again
-            except OSError as exc:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed") from None
-                raise trio.BrokenResourceError(str(exc)) from exc
-
-    async def _receive_edge_triggered(self, reactor: Reactor, size: int) -> bytes:
+        reactor = self._reactor
+        if reactor is None:
+            return await self._receive_waiting_first(size)
+        # Edge-triggered (the hot path, kept in one frame on purpose).
         while True:
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
@@ -109,7 +95,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
             else:
                 self._receiving = True
                 try:
-                    await reactor.wait_readable(self._fd)
+                    await reactor.wait_readable(self._fd, self._abort_wait)
                 finally:
                     self._receiving = False
             try:
@@ -126,6 +112,25 @@ class SocketStream(trio.abc.HalfCloseableStream):
             # end of input every read returns b"" at once.
             self._maybe_readable = len(data) == size or not data
             return data
+
+    async def _receive_waiting_first(self, size: int) -> bytes:
+        """Without a reactor: trio's one-shot readiness, waited for first."""
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("stream was closed")
+            self._receiving = True
+            try:
+                await wait_readable(self._sock)
+            finally:
+                self._receiving = False
+            try:
+                return self._sock.recv(size)
+            except BlockingIOError:
+                continue  # woken spuriously: wait again
+            except OSError as exc:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream was closed") from None
+                raise trio.BrokenResourceError(str(exc)) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_closed:
