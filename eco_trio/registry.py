@@ -1,7 +1,8 @@
 """Who is connected, in order of arrival, and how to reach them.
 
 Each client's entry carries an outbox: a trio memory channel for lines the
-server sends on its own initiative (the shutdown notice).  Replies to a
+server sends on its own initiative (the shutdown notice), opened the first
+time it is needed.  Replies to a
 client's own lines never go through it: the connection task writes those
 directly, so the per-reply path has no channel hop and no task switch.
 
@@ -35,8 +36,6 @@ def format_address(address: object) -> str:
 class ClientEntry:
     address: str
     connected_at: float
-    outbox: trio.MemorySendChannel[bytes]
-    inbox: trio.MemoryReceiveChannel[bytes]
     last_line_at: float = 0.0
     #: The connection task is waiting for input under ``scope``.
     reading: bool = False
@@ -44,6 +43,18 @@ class ClientEntry:
     closing: bool = False
     interrupted: bool = False
     scope: trio.CancelScope | None = field(default=None, repr=False)
+    # The outbox channel is opened on first use: a channel pair costs about
+    # 1.8 KiB, as much as the connection's task, and most connections never
+    # hear from the server unprompted.
+    _outbox: tuple[trio.MemorySendChannel[bytes], trio.MemoryReceiveChannel[bytes]] | None = field(
+        default=None, repr=False
+    )
+
+    @property
+    def outbox(self) -> trio.MemorySendChannel[bytes]:
+        if self._outbox is None:
+            self._outbox = trio.open_memory_channel[bytes](OUTBOX_SIZE)
+        return self._outbox[0]
 
     def notify(self, line: bytes) -> None:
         """Send ``line`` as this connection's last words, then close it."""
@@ -60,12 +71,19 @@ class ClientEntry:
             self.scope.cancel()
 
     def pending_notices(self) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
+        if self._outbox is None:
+            return lines
         while True:
             try:
-                lines.append(self.inbox.receive_nowait())
+                lines.append(self._outbox[1].receive_nowait())
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 return lines
+
+    def close_outbox(self) -> None:
+        if self._outbox is not None:
+            for channel in self._outbox:
+                channel.close()
 
 
 class Registry:
@@ -81,15 +99,13 @@ class Registry:
         """A new entry, or None when the server is full."""
         if len(self._clients) >= self.max_clients:
             return None
-        outbox, inbox = trio.open_memory_channel[bytes](OUTBOX_SIZE)
-        entry = ClientEntry(address, now, outbox, inbox, last_line_at=now)
+        entry = ClientEntry(address, now, last_line_at=now)
         self._clients[entry] = None
         return entry
 
     def unregister(self, entry: ClientEntry) -> None:
         if self._clients.pop(entry, entry) is None:
-            entry.outbox.close()
-            entry.inbox.close()
+            entry.close_outbox()
 
     def __len__(self) -> int:
         return len(self._clients)
