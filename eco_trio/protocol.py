@@ -190,7 +190,7 @@ class ServerProtocol:
         batch = self._fast_batch(complete)
         if batch is None:
             batch = self._line_by_line(complete.split(b"\n")[:-1])
-        return self._check_fragment_size(batch)
+        return self._check_fragment_size(batch) if self._buffer else batch
 
     def flush_fragment(self) -> list[Event]:
         """The client paused mid-line: answer what is buffered as a line.
