@@ -13,8 +13,9 @@ re-arm per batch of ready sockets instead of two per message.
 Edge-triggered means "new data arrived", not "data is there".  The contract
 that keeps that safe lives in :class:`~eco_trio.socket_stream.SocketStream`:
 it only waits after a read found the socket drained (``EAGAIN``, or a read
-shorter than asked for), and an edge that arrives while nobody waits is kept
-as *pending* so the next wait returns at once.
+shorter than asked for, unless the peer has hung up: its close may have come
+in the same edge as its last data), and an edge that arrives while nobody
+waits is kept as *pending* so the next wait returns at once.
 
 Only readability goes through here; the rare wait for a full send buffer to
 drain uses trio's ``wait_writable`` directly.
@@ -39,6 +40,10 @@ from trio.lowlevel import (
 )
 
 _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+#: Events after which no further edge is guaranteed: the peer closed (data
+#: and the close can arrive as one edge) or the socket failed.  A reader that
+#: saw one must keep reading until recv says so, never wait again.
+HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MAX_EVENTS = 1024
 
 
@@ -54,20 +59,20 @@ class Reactor:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._waiters: dict[int, Task] = {}
-        #: Sockets that got an edge while nobody waited on them.
-        self._pending: set[int] = set()
+        #: Sockets that got an edge while nobody waited on them, and its events.
+        self._pending: dict[int, int] = {}
 
     def register(self, sock: socket.socket) -> None:
         self._epoll.register(sock.fileno(), _READ_EVENTS | select.EPOLLET)
 
     def forget(self, fd: int) -> None:
         """``fd`` is about to be closed (no task waits on it)."""
-        self._pending.discard(fd)
+        self._pending.pop(fd, None)
 
     def notify_closing(self, fd: int) -> None:
         """``fd`` is about to be closed under a waiting task: wake it with
         ClosedResourceError."""
-        self._pending.discard(fd)
+        self._pending.pop(fd, None)
         task = self._waiters.pop(fd, None)
         if task is not None:
             reschedule(task, outcome.Error(trio.ClosedResourceError("another task closed this socket")))
@@ -83,17 +88,22 @@ class Reactor:
 
         return abort
 
-    async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> None:
-        """Until ``fd`` gets new data (or EOF, or an error).  Always a
-        checkpoint.  ``abort`` is :meth:`aborter` of ``fd``."""
-        if fd in self._pending:
-            self._pending.discard(fd)
-            await checkpoint()
-            return
+    async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> int:
+        """Until ``fd`` gets new data (or EOF, or an error); returns the epoll
+        events seen (see :data:`HANGUP`).  Always a checkpoint.  ``abort`` is
+        :meth:`aborter` of ``fd``."""
+        events = self._pending.pop(fd, 0)
+        if events:
+            try:
+                await checkpoint()
+            except BaseException:  # cancelled: the edge is still unread
+                self._pending[fd] = self._pending.get(fd, 0) | events
+                raise
+            return events
         if fd in self._waiters:
             raise trio.BusyResourceError("another task is already reading this socket")
         self._waiters[fd] = current_task()
-        await wait_task_rescheduled(abort)
+        return int(await wait_task_rescheduled(abort))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Dispatch edges to waiting tasks until cancelled."""
@@ -103,12 +113,12 @@ class Reactor:
             task_status.started()
             while True:
                 await wait_readable(epoll.fileno())
-                for fd, _ in epoll.poll(0, _MAX_EVENTS):
+                for fd, events in epoll.poll(0, _MAX_EVENTS):
                     task = waiters.pop(fd, None)
                     if task is None:
-                        pending.add(fd)
+                        pending[fd] = pending.get(fd, 0) | events
                     else:
-                        reschedule(task)
+                        reschedule(task, outcome.Value(events))
         finally:
             # Nobody may be left asleep waiting for an edge that will never
             # be dispatched.

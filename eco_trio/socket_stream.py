@@ -29,7 +29,7 @@ import socket
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
 
-from .reactor import Reactor
+from .reactor import HANGUP, Reactor
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 
@@ -43,6 +43,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         "_abort_wait",
         "_closed",
         "_fd",
+        "_hung_up",
         "_maybe_readable",
         "_reactor",
         "_receiving",
@@ -64,6 +65,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         # a new edge.  False until proven otherwise: registering a socket
         # that already has data reports an edge at once.
         self._maybe_readable = False
+        self._hung_up = False  # the reactor reported the peer's close or an error
         if reactor is not None:
             reactor.register(sock)
             self._abort_wait = reactor.aborter(self._fd)
@@ -95,7 +97,8 @@ class SocketStream(trio.abc.HalfCloseableStream):
             else:
                 self._receiving = True
                 try:
-                    await reactor.wait_readable(self._fd, self._abort_wait)
+                    if await reactor.wait_readable(self._fd, self._abort_wait) & HANGUP:
+                        self._hung_up = True
                 finally:
                     self._receiving = False
             try:
@@ -108,9 +111,10 @@ class SocketStream(trio.abc.HalfCloseableStream):
                     raise trio.ClosedResourceError("stream was closed") from None
                 raise trio.BrokenResourceError(str(exc)) from exc
             # A short read took everything there was; new data will bring a
-            # new edge.  A full read may have left some behind, and after
-            # end of input every read returns b"" at once.
-            self._maybe_readable = len(data) == size or not data
+            # new edge.  A full read may have left some behind; after a
+            # hangup no edge may come for what is left (end of input, an
+            # error), and after end of input every read returns b"" at once.
+            self._maybe_readable = len(data) == size or not data or self._hung_up
             return data
 
     async def _receive_waiting_first(self, size: int) -> bytes:

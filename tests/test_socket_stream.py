@@ -8,6 +8,7 @@ import pytest
 import trio
 import trio.testing
 
+from eco_trio.reactor import Reactor
 from eco_trio.socket_stream import SendTimeout, SocketStream
 
 
@@ -86,3 +87,114 @@ async def test_errors_become_broken_resource() -> None:
     with pytest.raises(trio.BrokenResourceError):
         await keep_talking()
     await stream.aclose()
+
+
+# --- with the edge-triggered reactor -------------------------------------------------
+
+
+async def test_reactor_streams_conform(nursery: trio.Nursery) -> None:
+    reactor = Reactor()
+    await nursery.start(reactor.run)
+
+    def pair() -> tuple[SocketStream, SocketStream]:
+        a, b = socket.socketpair()
+        return CheckpointingStream(a, reactor=reactor), CheckpointingStream(b, reactor=reactor)
+
+    async def maker() -> tuple[SocketStream, SocketStream]:
+        return pair()
+
+    async def clogged_maker() -> tuple[SocketStream, SocketStream]:
+        left, right = pair()
+        for stream in (left, right):
+            while True:
+                try:
+                    stream.socket.send(b"x" * 65536)
+                except BlockingIOError:
+                    break
+        return left, right
+
+    await trio.testing.check_half_closeable_stream(maker, clogged_maker)
+
+
+async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nursery) -> None:
+    """Reads that fill the buffer leave data behind with no new edge to come:
+    the stream must read again before it waits."""
+    reactor = Reactor()
+    await nursery.start(reactor.run)
+    a, b = socket.socketpair()
+    sender, receiver = SocketStream(a, reactor=reactor), SocketStream(b, reactor=reactor)
+    payload = bytes(range(256)) * 8192  # 2 MiB
+
+    async def send() -> None:
+        await sender.send_all(payload)
+        await sender.send_eof()
+
+    nursery.start_soon(send)
+    received = bytearray()
+    with trio.fail_after(10):
+        while chunk := await receiver.receive_some(4096):
+            received += chunk
+    assert received == payload
+    assert await receiver.receive_some(10) == b""  # EOF stays EOF
+    await sender.aclose()
+    await receiver.aclose()
+
+
+async def test_reactor_close_wakes_a_waiting_reader(nursery: trio.Nursery) -> None:
+    reactor = Reactor()
+    await nursery.start(reactor.run)
+    a, b = socket.socketpair()
+    stream = SocketStream(a, reactor=reactor)
+    outcome: list[BaseException] = []
+
+    async def reader() -> None:
+        try:
+            await stream.receive_some()
+        except trio.ClosedResourceError as exc:
+            outcome.append(exc)
+
+    async with trio.open_nursery() as inner:
+        inner.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        await stream.aclose()
+    assert len(outcome) == 1
+    b.close()
+
+
+async def test_stopping_the_reactor_wakes_its_waiters() -> None:
+    reactor = Reactor()
+    a, b = socket.socketpair()
+    stream = SocketStream(a, reactor=reactor)
+    woken: list[BaseException] = []
+
+    async def reader() -> None:
+        with trio.CancelScope(shield=True):  # only the reactor can wake it
+            try:
+                await stream.receive_some()
+            except trio.ClosedResourceError as exc:
+                woken.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(reactor.run)
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert len(woken) == 1
+    await stream.aclose()
+    b.close()
+
+
+async def test_a_cancelled_receive_keeps_the_pending_edge(nursery: trio.Nursery) -> None:
+    reactor = Reactor()
+    await nursery.start(reactor.run)
+    a, b = socket.socketpair()
+    stream = SocketStream(a, reactor=reactor)
+    b.send(b"hola")
+    await trio.testing.wait_all_tasks_blocked()  # the reactor saw the edge; nobody waited
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await stream.receive_some()
+    with trio.fail_after(5):
+        assert await stream.receive_some() == b"hola"
+    await stream.aclose()
+    b.close()
