@@ -1,14 +1,22 @@
-"""Edge-triggered readiness for many sockets, for one trio task to watch.
+"""Edge-triggered readiness for many sockets, watched by whichever task waits.
 
 trio's own I/O manager registers each socket with ``EPOLLONESHOT``: every
 wait re-arms it (``epoll_ctl``) and every wake-up disarms it again, two
 system calls per message on top of ``recv`` and ``send``.  For a server
 whose connections spend their lives waiting to read, that is most of the
 per-message overhead.  Here each socket is registered once, edge-triggered,
-with a second epoll instance; one task (:meth:`Reactor.run`) waits on that
-epoll's own file descriptor through trio, and when it fires, wakes every
-connection task whose socket has new data.  A busy server pays for one
-re-arm per batch of ready sockets instead of two per message.
+with a second epoll instance, and trio watches only that epoll's own file
+descriptor: a busy server pays for one re-arm per batch of ready sockets
+instead of two per message.
+
+Who watches it (leader/followers): the first task to wait becomes the
+*leader*: it waits on the epoll through trio, hands every edge it collects
+to the task waiting on that socket, and returns as soon as its own socket
+has one.  Tasks that wait while there is a leader park as *followers*.  A
+leader that leaves with followers still parked promotes one of them first.
+With a single busy connection its task is always the leader, so a message
+costs no task switch beyond what plain trio costs; with many, one wake-up
+serves them all.
 
 Edge-triggered means "new data arrived", not "data is there".  The contract
 that keeps that safe lives in :class:`~eco_trio.socket_stream.SocketStream`:
@@ -45,22 +53,54 @@ _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPO
 #: saw one must keep reading until recv says so, never wait again.
 HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MAX_EVENTS = 1024
+_LEAD = -1  # what a follower is woken with when it is promoted to leader
 
 
 class Reactor:
-    """Resource handling: :meth:`run` owns the epoll instance and closes it
-    when cancelled; sockets are registered once and drop out of it by
-    themselves when closed (call :meth:`forget` then).
-    Error handling: waiters on a socket closed under them get
-    :class:`trio.ClosedResourceError` through :meth:`notify_closing`."""
+    """Resource handling: use it as a context manager; leaving it closes the
+    epoll instance and wakes anyone still waiting with ClosedResourceError.
+    Sockets are registered once and drop out by themselves when closed (call
+    :meth:`forget`, or :meth:`notify_closing` if a task may be waiting).
+    """
 
-    __slots__ = ("_epoll", "_pending", "_waiters")
+    __slots__ = (
+        "_epoll",
+        "_leader_closing",
+        "_leader_fd",
+        "_pending",
+        "_waiters",
+        "_wake_reader",
+        "_wake_writer",
+    )
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
-        self._waiters: dict[int, Task] = {}
+        self._waiters: dict[int, Task] = {}  # followers, by the socket they wait on
         #: Sockets that got an edge while nobody waited on them, and its events.
         self._pending: dict[int, int] = {}
+        self._leader_fd: int | None = None
+        self._leader_closing = False
+        # To wake a leader whose own socket is closed by another task.
+        self._wake_reader, self._wake_writer = socket.socketpair()
+        self._wake_reader.setblocking(False)
+        self._wake_writer.setblocking(False)
+        self._epoll.register(self._wake_reader.fileno(), select.EPOLLIN)
+
+    def __enter__(self) -> Reactor:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for task in self._waiters.values():
+            reschedule(task, outcome.Error(trio.ClosedResourceError("the reactor was closed")))
+        self._waiters.clear()
+        if self._leader_fd is not None:  # trio is watching the epoll for it
+            trio.lowlevel.notify_closing(self._epoll.fileno())
+        self._epoll.close()
+        self._wake_reader.close()
+        self._wake_writer.close()
 
     def register(self, sock: socket.socket) -> None:
         self._epoll.register(sock.fileno(), _READ_EVENTS | select.EPOLLET)
@@ -76,6 +116,9 @@ class Reactor:
         task = self._waiters.pop(fd, None)
         if task is not None:
             reschedule(task, outcome.Error(trio.ClosedResourceError("another task closed this socket")))
+        elif fd == self._leader_fd:
+            self._leader_closing = True
+            self._wake_writer.send(b"!")
 
     def aborter(self, fd: int) -> Callable[[RaiseCancelT], Abort]:
         """The cancellation hook for waits on ``fd``, made once per socket
@@ -100,30 +143,46 @@ class Reactor:
                 self._pending[fd] = self._pending.get(fd, 0) | events
                 raise
             return events
-        if fd in self._waiters:
+        if fd in self._waiters or fd == self._leader_fd:
             raise trio.BusyResourceError("another task is already reading this socket")
+        if self._leader_fd is None:
+            return await self._lead(fd)
         self._waiters[fd] = current_task()
-        return int(await wait_task_rescheduled(abort))
+        events = int(await wait_task_rescheduled(abort))
+        if events == _LEAD:
+            return await self._lead(fd)
+        return events
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Dispatch edges to waiting tasks until cancelled."""
+    async def _lead(self, fd: int) -> int:
+        """Watch the epoll for everyone until ``fd`` itself has an edge."""
+        self._leader_fd = fd
         epoll, waiters, pending = self._epoll, self._waiters, self._pending
-        wait_readable = trio.lowlevel.wait_readable
+        wake_fd = self._wake_reader.fileno()
         try:
-            task_status.started()
             while True:
-                await wait_readable(epoll.fileno())
-                for fd, events in epoll.poll(0, _MAX_EVENTS):
-                    task = waiters.pop(fd, None)
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                mine = 0
+                for ready, events in epoll.poll(0, _MAX_EVENTS):
+                    if ready == fd:
+                        mine |= events
+                        continue
+                    if ready == wake_fd:
+                        self._wake_reader.recv(64)
+                        continue
+                    task = waiters.pop(ready, None)
                     if task is None:
-                        pending[fd] = pending.get(fd, 0) | events
+                        pending[ready] = pending.get(ready, 0) | events
                     else:
                         reschedule(task, outcome.Value(events))
+                if self._leader_closing:
+                    self._leader_closing = False
+                    raise trio.ClosedResourceError("another task closed this socket")
+                if mine:
+                    return mine
         finally:
-            # Nobody may be left asleep waiting for an edge that will never
-            # be dispatched.
-            for task in waiters.values():
-                reschedule(task, outcome.Error(trio.ClosedResourceError("the reactor stopped")))
-            waiters.clear()
-            trio.lowlevel.notify_closing(epoll.fileno())
-            epoll.close()
+            self._leader_fd = None
+            self._leader_closing = False
+            if waiters:  # someone must keep watching for the followers
+                follower_fd, follower = waiters.popitem()
+                self._leader_fd = follower_fd
+                reschedule(follower, outcome.Value(_LEAD))

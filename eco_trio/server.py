@@ -120,29 +120,26 @@ class Server:
         addresses = [format_address(sock.getsockname()) for sock in listeners]
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
-        reactor = Reactor()
-        async with trio.open_nursery() as io:  # outlives every connection
-            await io.start(reactor.run)
-            with trio.CancelScope() as connections_scope:  # the shared scope
-                async with trio.open_nursery() as connections:
-                    try:
-                        async with trio.open_nursery() as acceptors:
-                            for sock in listeners:
-                                acceptors.start_soon(self._accept_loop, sock, connections, reactor)
-                            for address in addresses:
-                                log.info("listening on %s", address)
-                            task_status.started(addresses)
-                            await self._shutdown.wait()
-                            acceptors.cancel_scope.cancel()
-                    finally:
+        # The reactor outlives every connection; the cancel scope is the shared one.
+        with Reactor() as reactor, trio.CancelScope() as connections_scope:
+            async with trio.open_nursery() as connections:
+                try:
+                    async with trio.open_nursery() as acceptors:
                         for sock in listeners:
-                            reactor.forget(sock.fileno())
-                            sock.close()
-                    clients = len(self.registry)
-                    log.info("shutting down: notifying %d clients (grace %g s)", clients, config.grace)
-                    self.registry.notify_all(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
-                    connections_scope.deadline = trio.current_time() + config.grace
-            io.cancel_scope.cancel()
+                            acceptors.start_soon(self._accept_loop, sock, connections, reactor)
+                        for address in addresses:
+                            log.info("listening on %s", address)
+                        task_status.started(addresses)
+                        await self._shutdown.wait()
+                        acceptors.cancel_scope.cancel()
+                finally:
+                    for sock in listeners:
+                        reactor.forget(sock.fileno())
+                        sock.close()
+                clients = len(self.registry)
+                log.info("shutting down: notifying %d clients (grace %g s)", clients, config.grace)
+                self.registry.notify_all(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
+                connections_scope.deadline = trio.current_time() + config.grace
         if connections_scope.cancelled_caught:
             log.info("grace period over: remaining connections cancelled")
         log.info("server stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -21,6 +22,12 @@ class CheckpointingStream(SocketStream):
         await trio.lowlevel.checkpoint_if_cancelled()
         await super().send_all(data)
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    with Reactor() as reactor:
+        yield reactor
 
 
 def make_pair(cls: type[SocketStream] = CheckpointingStream) -> tuple[SocketStream, SocketStream]:
@@ -92,9 +99,7 @@ async def test_errors_become_broken_resource() -> None:
 # --- with the edge-triggered reactor -------------------------------------------------
 
 
-async def test_reactor_streams_conform(nursery: trio.Nursery) -> None:
-    reactor = Reactor()
-    await nursery.start(reactor.run)
+async def test_reactor_streams_conform(reactor: Reactor) -> None:
 
     def pair() -> tuple[SocketStream, SocketStream]:
         a, b = socket.socketpair()
@@ -116,11 +121,9 @@ async def test_reactor_streams_conform(nursery: trio.Nursery) -> None:
     await trio.testing.check_half_closeable_stream(maker, clogged_maker)
 
 
-async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nursery) -> None:
+async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nursery, reactor: Reactor) -> None:
     """Reads that fill the buffer leave data behind with no new edge to come:
     the stream must read again before it waits."""
-    reactor = Reactor()
-    await nursery.start(reactor.run)
     a, b = socket.socketpair()
     sender, receiver = SocketStream(a, reactor=reactor), SocketStream(b, reactor=reactor)
     payload = bytes(range(256)) * 8192  # 2 MiB
@@ -140,9 +143,7 @@ async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nurser
     await receiver.aclose()
 
 
-async def test_reactor_close_wakes_a_waiting_reader(nursery: trio.Nursery) -> None:
-    reactor = Reactor()
-    await nursery.start(reactor.run)
+async def test_reactor_close_wakes_a_waiting_reader(reactor: Reactor) -> None:
     a, b = socket.socketpair()
     stream = SocketStream(a, reactor=reactor)
     outcome: list[BaseException] = []
@@ -161,32 +162,56 @@ async def test_reactor_close_wakes_a_waiting_reader(nursery: trio.Nursery) -> No
     b.close()
 
 
-async def test_stopping_the_reactor_wakes_its_waiters() -> None:
+@pytest.mark.parametrize("readers", [1, 3])
+async def test_closing_the_reactor_wakes_leader_and_followers(readers: int) -> None:
     reactor = Reactor()
-    a, b = socket.socketpair()
-    stream = SocketStream(a, reactor=reactor)
+    pairs = [socket.socketpair() for _ in range(readers)]
+    streams = [SocketStream(a, reactor=reactor) for a, _ in pairs]
     woken: list[BaseException] = []
 
-    async def reader() -> None:
-        with trio.CancelScope(shield=True):  # only the reactor can wake it
-            try:
-                await stream.receive_some()
-            except trio.ClosedResourceError as exc:
-                woken.append(exc)
+    async def reader(stream: SocketStream) -> None:
+        try:
+            await stream.receive_some()
+        except trio.ClosedResourceError as exc:
+            woken.append(exc)
 
     async with trio.open_nursery() as nursery:
-        await nursery.start(reactor.run)
-        nursery.start_soon(reader)
+        for stream in streams:
+            nursery.start_soon(reader, stream)
         await trio.testing.wait_all_tasks_blocked()
-        nursery.cancel_scope.cancel()
-    assert len(woken) == 1
-    await stream.aclose()
-    b.close()
+        reactor.close()
+    assert len(woken) == readers
+    for stream, (_, b) in zip(streams, pairs, strict=True):
+        await stream.aclose()
+        b.close()
 
 
-async def test_a_cancelled_receive_keeps_the_pending_edge(nursery: trio.Nursery) -> None:
-    reactor = Reactor()
-    await nursery.start(reactor.run)
+async def test_many_readers_share_one_leader(reactor: Reactor) -> None:
+    """Edges for followers are handed over by the leader; leadership passes
+    on when the leader's own socket fires."""
+    pairs = [socket.socketpair() for _ in range(20)]
+    streams = [SocketStream(a, reactor=reactor) for a, _ in pairs]
+    got: dict[int, bytes] = {}
+
+    async def reader(n: int) -> None:
+        got[n] = await streams[n].receive_some()
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(reader, n)
+            await trio.testing.wait_all_tasks_blocked()
+            for n in (0, 19, 7, 3, *range(20)):  # leader and followers, in any order
+                if n not in got:
+                    pairs[n][1].send(b"%d" % n)
+                    await trio.testing.wait_all_tasks_blocked()
+    assert got == {n: b"%d" % n for n in range(20)}
+    for stream, (_, b) in zip(streams, pairs, strict=True):
+        await stream.aclose()
+        b.close()
+
+
+async def test_a_cancelled_receive_keeps_the_pending_edge(reactor: Reactor) -> None:
     a, b = socket.socketpair()
     stream = SocketStream(a, reactor=reactor)
     b.send(b"hola")
