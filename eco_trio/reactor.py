@@ -54,6 +54,11 @@ _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPO
 HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MAX_EVENTS = 1024
 _LEAD = -1  # what a follower is woken with when it is promoted to leader
+#: Before the leader sleeps, it lets every other task run and looks again this
+#: many times.  An edge that comes meanwhile costs no sleep and no wake-up,
+#: and a server that goes to sleep a few microseconds later wakes up faster on
+#: virtual machines (measured: benchmarks/compare, pingpong 1 client).
+_SPINS = 8
 
 
 class Reactor:
@@ -158,11 +163,19 @@ class Reactor:
         self._leader_fd = fd
         epoll, waiters, pending = self._epoll, self._waiters, self._pending
         wake_fd = self._wake_reader.fileno()
+        spins = 0
         try:
             while True:
-                await trio.lowlevel.wait_readable(epoll.fileno())
+                if spins < _SPINS:
+                    spins += 1
+                    await checkpoint()
+                else:
+                    await trio.lowlevel.wait_readable(epoll.fileno())
+                batch = epoll.poll(0, _MAX_EVENTS)
+                if batch:
+                    spins = 0
                 mine = 0
-                for ready, events in epoll.poll(0, _MAX_EVENTS):
+                for ready, events in batch:
                     if ready == fd:
                         mine |= events
                         continue
