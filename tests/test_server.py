@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from eco_trio import protocol
-from eco_trio.server import Server, ServerConfig
+from eco_trio.server import Server, ServerConfig, open_listeners
 
 from .helpers import (
     GREETING_PREFIX,
@@ -241,3 +241,17 @@ async def test_port_in_use_raises(nursery: trio.Nursery) -> None:
     running = await start_server(nursery)
     with pytest.raises(OSError, match=r"127\.0\.0\.1"):
         await Server(ServerConfig(host="127.0.0.1", port=running.port)).serve()
+
+
+async def test_accepted_connections_get_nodelay_and_keepalive() -> None:
+    """Options are set on the listener once; accepted sockets carry them."""
+    listeners = await open_listeners("127.0.0.1", 0, 8)
+    with listeners[0] as listener:
+        listener.setblocking(True)
+        with socket.create_connection(listener.getsockname()[:2]) as _client:
+            accepted, _ = listener.accept()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+                if hasattr(socket, "TCP_KEEPIDLE"):
+                    assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 60
