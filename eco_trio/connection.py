@@ -92,15 +92,16 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     while True:
         with trio.CancelScope() as scope:
             entry.scope = scope
+            fragment = parser.has_fragment
             while not entry.interrupted:
-                timed = idle is not None or parser.has_fragment
+                timed = fragment or idle is not None
                 if timed:
                     scope.deadline = min(
-                        last_data + pause if parser.has_fragment else math.inf,
+                        last_data + pause if fragment else math.inf,
                         entry.last_line_at + idle if idle is not None else math.inf,
                     )
                 entry.reading = True
-                data = bytes(await receive_some(RECEIVE_SIZE))
+                data = await receive_some(RECEIVE_SIZE)
                 entry.reading = False
                 if timed:
                     scope.deadline = math.inf
@@ -111,7 +112,8 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                         await send_all(reply.data)  # the common case, without a call
                     elif await _answer(server, stream, entry, events):
                         return bool(data)  # at EOF the client closed first
-                if parser.has_fragment:
+                fragment = parser.has_fragment
+                if fragment:
                     last_data = current_time()
         entry.reading = False
         if entry.interrupted:

@@ -160,7 +160,7 @@ class ServerProtocol:
     def closed(self) -> bool:
         return self._closed
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Take bytes from the client (``b""``: end of input)."""
         if self._closed:
             return []
@@ -174,7 +174,7 @@ class ServerProtocol:
             self._buffer += data
             if b"\n" not in data:
                 return self._check_fragment_size([])
-            buffer = bytes(self._buffer)
+            buffer: bytes | bytearray = bytes(self._buffer)
             self._buffer.clear()
         else:
             buffer = data
@@ -204,7 +204,7 @@ class ServerProtocol:
 
     # --- internals ----------------------------------------------------------
 
-    def _fast_batch(self, complete: bytes) -> list[Event] | None:
+    def _fast_batch(self, complete: bytes | bytearray) -> list[Event] | None:
         """All complete lines of one read as one reply, or None when some line
         needs a closer look (a command, bad UTF-8, an over-long line)."""
         if len(complete) > self._max_line + 1:  # some line may be too long
@@ -220,7 +220,7 @@ class ServerProtocol:
             upper = upper.replace("\r\n", "\n")
         return [Reply(upper.encode())]
 
-    def _line_by_line(self, lines: list[bytes]) -> list[Event]:
+    def _line_by_line(self, lines: list[bytes] | list[bytearray]) -> list[Event]:
         events: list[Event] = []
         replies: list[bytes] = []  # consecutive replies go out as one write
         for raw in lines:
