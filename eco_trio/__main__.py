@@ -230,6 +230,13 @@ def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="PID",
         help="hold mode: read this process's memory from /proc to report it per connection",
     )
+    bench.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the benchmark on CPU N only (pin the server elsewhere, e.g. with taskset)",
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -410,6 +417,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"eco_trio bench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.cpu is not None:
+        try:
+            os.sched_setaffinity(0, {args.cpu})
+        except (OSError, ValueError) as exc:
+            print(f"eco_trio bench: error: cannot run on CPU {args.cpu}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     live = sys.stderr.isatty() and not args.json
 
     def progress(elapsed: float, replies: int) -> None:

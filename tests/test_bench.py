@@ -21,7 +21,7 @@ from .test_cli import TIMEOUT, eco, server_process
     [
         ["--mode", "pingpong", "--clients", "3"],
         ["--mode", "pipeline", "--clients", "3", "--pipeline", "8", "--size", "100"],
-        ["--mode", "connect", "--clients", "2"],
+        ["--mode", "connect", "--clients", "2", "--cpu", "0"],
     ],
 )
 def test_bench_measures_a_real_server(args: list[str]) -> None:
