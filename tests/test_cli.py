@@ -286,3 +286,25 @@ def test_second_ctrl_c_stops_at_once() -> None:
 def _no_inherited_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ECO_TRIO_TOKEN", raising=False)
     assert "ECO_TRIO_TOKEN" not in os.environ
+
+
+def test_an_idle_server_does_not_spin() -> None:
+    """The reactor looks a few more times before it sleeps; that must never
+    become a busy loop when nothing happens."""
+    with (
+        server_process() as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as idle,
+    ):
+        idle.recv(1024)  # the greeting
+        stat = f"/proc/{server.process.pid}/stat"
+        if not os.path.exists(stat):
+            pytest.skip("needs /proc")
+
+        def cpu_seconds() -> float:
+            with open(stat) as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+        before = cpu_seconds()
+        time.sleep(1.0)
+        assert cpu_seconds() - before < 0.3  # a spinning loop would use about 1.0
