@@ -107,9 +107,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 self._maybe_readable = False  # drained: the next edge says when
                 continue
             except OSError as exc:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed") from None
-                raise trio.BrokenResourceError(str(exc)) from exc
+                raise self._translate(exc, closed=self._closed) from exc
             # A short read took everything there was; new data will bring a
             # new edge.  A full read may have left some behind; after a
             # hangup no edge may come for what is left (end of input, an
@@ -132,9 +130,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
             except BlockingIOError:
                 continue  # woken spuriously: wait again
             except OSError as exc:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream was closed") from None
-                raise trio.BrokenResourceError(str(exc)) from exc
+                raise self._translate(exc, closed=self._closed) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_closed:
@@ -144,7 +140,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            raise trio.BrokenResourceError(str(exc)) from exc
+            raise self._translate(exc, closed=False) from exc
         if sent < len(data):
             await self._send_rest(memoryview(data)[sent:])
 
@@ -165,11 +161,17 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 except BlockingIOError:
                     pass
                 except OSError as exc:
-                    if self._send_closed:
-                        raise trio.ClosedResourceError("stream was closed") from None
-                    raise trio.BrokenResourceError(str(exc)) from exc
+                    raise self._translate(exc, closed=self._send_closed) from exc
                 continue
             raise SendTimeout(f"peer took no data for {self._send_timeout} s")
+
+    @staticmethod
+    def _translate(exc: OSError, *, closed: bool) -> trio.ClosedResourceError | trio.BrokenResourceError:
+        """The stream error for a socket error: ours if we closed the socket
+        under the operation, the peer's (or the network's) otherwise."""
+        if closed:
+            return trio.ClosedResourceError("stream was closed")
+        return trio.BrokenResourceError(str(exc))
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._closed:

@@ -8,6 +8,7 @@ time (``autojump_clock``) for timeouts over memory streams, and a
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -91,25 +92,45 @@ async def memory_peer(nursery: trio.Nursery, server: Server, address: str = "127
     return Peer(client_side)
 
 
-async def flood_until_stuck(sock: socket.socket, line_size: int = 65536) -> None:
+def flood_until_stuck(sock: socket.socket, line_size: int = 65536) -> None:
     """Send lines on a non-blocking socket, never reading, until the server
     has stopped reading them (sends blocked for half a second): it is then
-    stuck writing replies nobody reads.  Bounded in count and time."""
+    stuck writing replies nobody reads.  Bounded in count and time; blocking,
+    so trio tests run it with ``trio.to_thread.run_sync``."""
     line = b"f" * (line_size - 1) + b"\n"
     pending = memoryview(line)
     blocked = 0
-    with trio.fail_after(WAIT * 2):
-        for _ in range(100_000):
-            try:
-                # A partial send must be finished, or lines would run together.
-                pending = pending[sock.send(pending) :] or memoryview(line)
-                blocked = 0
-            except BlockingIOError:
-                blocked += 1
-                if blocked == 10:
-                    return
-                await trio.sleep(0.05)
+    deadline = time.monotonic() + WAIT * 2
+    for _ in range(100_000):
+        try:
+            # A partial send must be finished, or lines would run together.
+            pending = pending[sock.send(pending) :] or memoryview(line)
+            blocked = 0
+        except BlockingIOError:
+            blocked += 1
+            if blocked == 10:
+                return
+            assert time.monotonic() < deadline, "the server kept reading a client that never reads"
+            time.sleep(0.05)
     raise AssertionError("the server kept reading a client that never reads")
+
+
+async def still_served(peer: Peer) -> None:
+    """The well-behaved client of a test is still answered correctly."""
+    assert await peer.request("sigo aquí".encode()) == "SIGO AQUÍ".encode()
+
+
+async def listing(peer: Peer) -> list[bytes]:
+    """The addresses LISTAR shows, in its order."""
+    header = await peer.request(b"LISTAR")
+    assert header.startswith(b"CLIENTES ")
+    return [row.split()[0] for row in await peer.lines(int(header.split()[1]))]
+
+
+def address_of(sock: socket.socket) -> bytes:
+    """A client socket's own address, as LISTAR shows it."""
+    host, port = sock.getsockname()[:2]
+    return f"{host}:{port}".encode()
 
 
 def blocking_client(port: int) -> socket.socket:

@@ -18,6 +18,8 @@ import pytest
 
 import eco_trio
 
+from .helpers import flood_until_stuck
+
 TIMEOUT = 20
 
 
@@ -258,18 +260,7 @@ def test_second_ctrl_c_stops_at_once() -> None:
         socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as hog,
     ):
         hog.setblocking(False)
-        blocked = 0
-        line = b"x" * 65535 + b"\n"
-        pending = memoryview(line)
-        for _ in range(100_000):  # until the server stops reading us
-            try:
-                pending = pending[hog.send(pending) :] or memoryview(line)
-                blocked = 0
-            except BlockingIOError:
-                blocked += 1
-                if blocked == 10:
-                    break
-                time.sleep(0.05)
+        flood_until_stuck(hog)
         server.process.send_signal(signal.SIGINT)
         deadline = time.monotonic() + TIMEOUT
         while not any("shutting down" in line for line in server.log):

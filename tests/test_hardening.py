@@ -22,27 +22,14 @@ from .helpers import (
     GREETING_PREFIX,
     WAIT,
     Peer,
+    address_of,
     blocking_client,
     flood_until_stuck,
+    listing,
     memory_peer,
     start_server,
+    still_served,
 )
-
-
-async def still_served(peer: Peer) -> None:
-    assert await peer.request("sigo aquí".encode()) == "SIGO AQUÍ".encode()
-
-
-async def listing(peer: Peer) -> list[bytes]:
-    header = await peer.request(b"LISTAR")
-    assert header.startswith(b"CLIENTES ")
-    return [row.split()[0] for row in await peer.lines(int(header.split()[1]))]
-
-
-def local_address(sock: socket.socket) -> bytes:
-    host, port = sock.getsockname()[:2]
-    return f"{host}:{port}".encode()
-
 
 # --- limits -------------------------------------------------------------------------
 
@@ -161,7 +148,7 @@ async def test_slow_reader_is_cut_off_and_others_are_not_slowed(nursery: trio.Nu
                     await trio.sleep(0.1)
                 except OSError:
                     pass  # reset: the server closed us
-                if local_address(hog) not in await listing(good):
+                if address_of(hog) not in await listing(good):
                     cut_off = True
                     break
         assert cut_off
@@ -215,14 +202,14 @@ async def test_abrupt_disconnects_leave_no_trace(
                 victims.start_soon(victim, n)
                 if n % 10 == 0:
                     await still_served(good)
-        expected = [local_address(sock) for sock in survivors]
+        expected = [address_of(sock) for sock in survivors]
         with trio.fail_after(WAIT):
             while True:  # the server notices closes asynchronously
                 rows = await listing(good)
                 if sorted(rows[1:]) == sorted(expected):
                     break
                 await trio.sleep(0.05)  # polling: no event tells us when the server noticed
-        assert rows[0] == local_address(good.stream.socket)  # type: ignore[attr-defined]
+        assert rows[0] == address_of(good.stream.socket)  # type: ignore[attr-defined]
         await still_served(good)
     for sock in survivors:
         sock.close()
@@ -292,7 +279,7 @@ async def test_shutdown_with_a_stuck_client_ends_at_the_grace_deadline(nursery: 
     port = int((await nursery.start(run))[0].rsplit(":", 1)[1])
     hog = blocking_client(port)
     hog.setblocking(False)
-    await flood_until_stuck(hog)
+    await trio.to_thread.run_sync(flood_until_stuck, hog)
     start = trio.current_time()
     server.shutdown()
     with trio.fail_after(WAIT):

@@ -15,8 +15,10 @@ from .helpers import (
     GREETING_PREFIX,
     WAIT,
     Peer,
+    address_of,
     blocking_client,
     flood_until_stuck,
+    listing,
     memory_peer,
     start_server,
 )
@@ -135,15 +137,7 @@ async def test_several_clients_at_once(nursery: trio.Nursery) -> None:
 
 
 def local_address(peer: Peer) -> bytes:
-    host, port = peer.stream.socket.getsockname()[:2]  # type: ignore[attr-defined]
-    return f"{host}:{port}".encode()
-
-
-async def listing(peer: Peer) -> list[bytes]:
-    header = await peer.request(b"LISTAR")
-    assert header.startswith(b"CLIENTES ")
-    rows = await peer.lines(int(header.split()[1]))
-    return [row.split()[0] for row in rows]
+    return address_of(peer.stream.socket)  # type: ignore[attr-defined]
 
 
 async def test_listar_shows_exactly_the_connected_clients(nursery: trio.Nursery) -> None:
@@ -194,7 +188,7 @@ async def test_desconexion_ends_everything_even_a_client_that_never_reads(nurser
     # writing to it.
     hog = blocking_client(port)
     hog.setblocking(False)
-    await flood_until_stuck(hog)
+    await trio.to_thread.run_sync(flood_until_stuck, hog)
     async with (
         await trio.open_tcp_stream("127.0.0.1", port) as other_stream,
         await trio.open_tcp_stream("127.0.0.1", port) as requester_stream,

@@ -35,6 +35,16 @@ def make_pair(cls: type[SocketStream] = CheckpointingStream) -> tuple[SocketStre
     return cls(a), cls(b)
 
 
+def clog(*streams: SocketStream) -> None:
+    """Fill each stream's send buffer (and its peer's receive buffer)."""
+    for stream in streams:
+        for _ in range(10_000):  # bounded: kernel buffers are a few MiB at most
+            try:
+                stream.socket.send(b"x" * 65536)
+            except BlockingIOError:
+                break
+
+
 async def stream_maker() -> tuple[SocketStream, SocketStream]:
     return make_pair()
 
@@ -44,16 +54,7 @@ async def clogged_stream_maker() -> tuple[SocketStream, SocketStream]:
     for stream in (left, right):
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    while True:
-        try:
-            left.socket.send(b"x" * 65536)
-        except BlockingIOError:
-            break
-    while True:
-        try:
-            right.socket.send(b"x" * 65536)
-        except BlockingIOError:
-            break
+    clog(left, right)
     return left, right
 
 
@@ -110,12 +111,7 @@ async def test_reactor_streams_conform(reactor: Reactor) -> None:
 
     async def clogged_maker() -> tuple[SocketStream, SocketStream]:
         left, right = pair()
-        for stream in (left, right):
-            while True:
-                try:
-                    stream.socket.send(b"x" * 65536)
-                except BlockingIOError:
-                    break
+        clog(left, right)
         return left, right
 
     await trio.testing.check_half_closeable_stream(maker, clogged_maker)
