@@ -5,6 +5,9 @@ after every successful ``send``.  For a request/reply server both cost: each
 message pays a failed ``recv``, an extra epoll re-arm and extra scheduler
 passes.  This stream waits for readability first, then reads, and returns
 from :meth:`send_all` without yielding when the kernel took every byte.
+Given a :class:`~eco_trio.reactor.Reactor`, it waits through that
+edge-triggered epoll instead of trio's one-shot registration (the server
+does this); without one it uses ``trio.lowlevel.wait_readable``.
 
 Differences from the trio Stream contract, on purpose:
 
@@ -15,9 +18,11 @@ Differences from the trio Stream contract, on purpose:
   :class:`SendTimeout` (a :class:`trio.BrokenResourceError`), so a peer that
   never reads cannot pin a task and its buffers forever.
 
-Resource handling: the stream owns the socket; :meth:`aclose` closes it.
+Resource handling: the stream owns the socket; :meth:`aclose` (or the
+synchronous :meth:`close`) closes it.
 Error handling: every ``OSError`` from the socket becomes
-:class:`trio.BrokenResourceError` with the original as its cause.
+:class:`trio.BrokenResourceError` with the original as its cause, or
+:class:`trio.ClosedResourceError` if the stream was closed under the call.
 """
 
 from __future__ import annotations
