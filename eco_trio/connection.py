@@ -52,7 +52,7 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
     registry = server.registry
     entry = registry.register(address, trio.current_time())
     if entry is None:
-        log.warning("refused %s: already %d clients (--max-clients)", address, len(registry))
+        server.note_refused(address)
         line = f"ERROR demasiados clientes (máximo {registry.max_clients}); inténtalo más tarde."
         await _say_last_words(stream, protocol.encode_line(line))
         return

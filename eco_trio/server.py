@@ -14,6 +14,7 @@ import errno
 import hmac
 import ipaddress
 import logging
+import math
 import socket
 import sys
 from dataclasses import dataclass
@@ -81,6 +82,8 @@ class Server:
         self.config = config or ServerConfig()
         self.registry = Registry(self.config.max_clients)
         self._shutdown = trio.Event()
+        self._refused = 0
+        self._refused_logged_at = -math.inf
 
     @property
     def shutting_down(self) -> bool:
@@ -89,6 +92,20 @@ class Server:
     def shutdown(self) -> None:
         """Start the graceful shutdown (idempotent)."""
         self._shutdown.set()
+
+    def note_refused(self, address: str) -> None:
+        """Log turned-away connections, at most once a second: a flood of
+        them must not become a flood of log lines."""
+        self._refused += 1
+        now = trio.current_time()
+        if now - self._refused_logged_at >= 1.0:
+            log.warning(
+                "refused %s: already %d clients (--max-clients); %d refused since the last report",
+                address,
+                len(self.registry),
+                self._refused,
+            )
+            self._refused, self._refused_logged_at = 0, now
 
     def shutdown_requested_by(self, entry: ClientEntry, token: str | None) -> tuple[str, bool]:
         """Decide on a client's DESCONEXION: the reply, and whether it was

@@ -286,3 +286,21 @@ async def test_shutdown_with_a_stuck_client_ends_at_the_grace_deadline(nursery: 
         await done.wait()
     assert 0.3 <= trio.current_time() - start < 0.3 + 1.0
     hog.close()
+
+
+async def test_refusals_are_logged_at_most_once_a_second(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = Server(ServerConfig(max_clients=1))
+    first = await memory_peer(nursery, server, "127.0.0.1:1")
+    assert (await first.line()).startswith(GREETING_PREFIX)
+    for n in range(50):
+        extra = await memory_peer(nursery, server, f"127.0.0.1:{n + 2}")
+        assert (await extra.line()).startswith(b"ERROR")
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 1
+    await trio.sleep(1.5)
+    extra = await memory_peer(nursery, server, "127.0.0.1:99")
+    assert (await extra.line()).startswith(b"ERROR")
+    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2 and "50 refused" in refusals[1].getMessage()
