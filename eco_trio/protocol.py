@@ -131,6 +131,18 @@ def _incomplete_utf8_tail(data: bytes) -> int:
     return 0
 
 
+def _take_fragment(buffer: bytearray, *, final: bool) -> bytes:
+    """Empty ``buffer`` into a fragment to be answered or shown as a line;
+    unless ``final``, a UTF-8 character cut short stays in ``buffer``."""
+    fragment = bytes(buffer)
+    keep = 0 if final else _incomplete_utf8_tail(fragment)
+    if keep:
+        del buffer[:-keep]
+        return fragment[:-keep]
+    buffer.clear()
+    return fragment
+
+
 class ServerProtocol:
     """The server side of one connection.
 
@@ -155,10 +167,6 @@ class ServerProtocol:
     def has_fragment(self) -> bool:
         """Whether bytes of an unterminated line are waiting."""
         return bool(self._buffer)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Take bytes from the client (``b""``: end of input)."""
@@ -258,13 +266,7 @@ class ServerProtocol:
         return events
 
     def _fragment_events(self, *, final: bool) -> list[Event]:
-        fragment = bytes(self._buffer)
-        keep = 0 if final else _incomplete_utf8_tail(fragment)
-        if keep:
-            fragment = fragment[:-keep]
-            del self._buffer[:-keep]
-        else:
-            self._buffer.clear()
+        fragment = _take_fragment(self._buffer, final=final)
         if not fragment:
             return []
         return self._line_by_line([fragment])
@@ -315,13 +317,7 @@ class LineReader:
         """The fragment waiting for its newline, as a line (None if empty).
 
         Unless ``final``, a UTF-8 character cut short stays buffered."""
-        fragment = bytes(self._buffer)
-        keep = 0 if final else _incomplete_utf8_tail(fragment)
-        if keep:
-            fragment = fragment[:-keep]
-            del self._buffer[:-keep]
-        else:
-            self._buffer.clear()
+        fragment = _take_fragment(self._buffer, final=final)
         return _decode_shown(fragment) if fragment else None
 
 
