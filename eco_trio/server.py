@@ -191,7 +191,7 @@ class Server:
                     raise
                 if not _OPTIONS_INHERITED:
                     _tune(sock)
-                stream = SocketStream(sock, send_timeout=send_timeout, reactor=reactor)
+                stream = SocketStream(sock, reactor, send_timeout=send_timeout)
                 connections.start_soon(serve_connection, self, stream, format_address(peer))
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:

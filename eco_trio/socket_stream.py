@@ -5,9 +5,9 @@ after every successful ``send``.  For a request/reply server both cost: each
 message pays a failed ``recv``, an extra epoll re-arm and extra scheduler
 passes.  This stream waits for readability first, then reads, and returns
 from :meth:`send_all` without yielding when the kernel took every byte.
-Given a :class:`~eco_trio.reactor.Reactor`, it waits through that
-edge-triggered epoll instead of trio's one-shot registration (the server
-does this); without one it uses ``trio.lowlevel.wait_readable``.
+It waits for readability through a :class:`~eco_trio.reactor.Reactor` (an
+edge-triggered epoll shared by many sockets) rather than trio's one-shot
+registration.
 
 Differences from the trio Stream contract, on purpose:
 
@@ -32,7 +32,7 @@ import operator
 import socket
 
 import trio
-from trio.lowlevel import checkpoint, notify_closing, wait_readable, wait_writable
+from trio.lowlevel import checkpoint, notify_closing, wait_writable
 
 from .reactor import HANGUP, Reactor
 
@@ -58,22 +58,19 @@ class SocketStream(trio.abc.HalfCloseableStream):
         "_waiting_to_send",
     )
 
-    def __init__(
-        self, sock: socket.socket, *, send_timeout: float = float("inf"), reactor: Reactor | None = None
-    ) -> None:
+    def __init__(self, sock: socket.socket, reactor: Reactor, *, send_timeout: float = float("inf")) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._fd = sock.fileno()
         self._send_timeout = send_timeout
         self._reactor = reactor
-        # With a reactor: whether a read might find data without waiting for
-        # a new edge.  False until proven otherwise: registering a socket
-        # that already has data reports an edge at once.
+        reactor.register(sock)
+        self._abort_wait = reactor.aborter(self._fd)
+        # Whether a read might find data without waiting for a new edge.
+        # False until proven otherwise: registering a socket that already
+        # has data reports an edge at once.
         self._maybe_readable = False
         self._hung_up = False  # the reactor reported the peer's close or an error
-        if reactor is not None:
-            reactor.register(sock)
-            self._abort_wait = reactor.aborter(self._fd)
         self._closed = False
         self._send_closed = False  # after send_eof() or aclose()
         # Two tasks sending at once is a bug; trio's own wait_writable catches
@@ -91,10 +88,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         if size < 1:
             raise ValueError("max_bytes must be >= 1")
         reactor = self._reactor
-        if reactor is None:
-            return await self._receive_waiting_first(size)
-        # Edge-triggered (the hot path, kept in one frame on purpose).
-        while True:
+        while True:  # the hot path, kept in one frame on purpose
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
             if self._maybe_readable:
@@ -119,23 +113,6 @@ class SocketStream(trio.abc.HalfCloseableStream):
             # error), and after end of input every read returns b"" at once.
             self._maybe_readable = len(data) == size or not data or self._hung_up
             return data
-
-    async def _receive_waiting_first(self, size: int) -> bytes:
-        """Without a reactor: trio's one-shot readiness, waited for first."""
-        while True:
-            if self._closed:
-                raise trio.ClosedResourceError("stream was closed")
-            self._receiving = True
-            try:
-                await wait_readable(self._sock)
-            finally:
-                self._receiving = False
-            try:
-                return self._sock.recv(size)
-            except BlockingIOError:
-                continue  # woken spuriously: wait again
-            except OSError as exc:
-                raise self._translate(exc, closed=self._closed) from exc
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_closed:
@@ -203,18 +180,14 @@ class SocketStream(trio.abc.HalfCloseableStream):
         wait).  :meth:`aclose` is this plus the checkpoint trio requires."""
         if not self._closed:
             self._closed = self._send_closed = True
-            # Only a task blocked on this socket needs waking (and trio's
-            # epoll state needs this before the fd number is reused while
-            # registered).  Otherwise closing is enough: the kernel drops a
-            # closed fd from epoll, and notify_closing would cost a syscall.
-            if self._reactor is not None:
-                if self._receiving:
-                    self._reactor.notify_closing(self._fd)
-                else:
-                    self._reactor.forget(self._fd)
-                if self._waiting_to_send:
-                    notify_closing(self._sock)
-            elif self._receiving or self._waiting_to_send:
+            # Only a task blocked on this socket needs waking.  Otherwise
+            # closing is enough: the kernel drops a closed fd from every
+            # epoll, and trio's notify_closing would cost a syscall.
+            if self._receiving:
+                self._reactor.notify_closing(self._fd)
+            else:
+                self._reactor.forget(self._fd)
+            if self._waiting_to_send:
                 notify_closing(self._sock)
             self._sock.close()
 

@@ -30,9 +30,11 @@ def reactor() -> Iterator[Reactor]:
         yield reactor
 
 
-def make_pair(cls: type[SocketStream] = CheckpointingStream) -> tuple[SocketStream, SocketStream]:
+def make_pair(
+    reactor: Reactor, cls: type[SocketStream] = CheckpointingStream
+) -> tuple[SocketStream, SocketStream]:
     a, b = socket.socketpair()
-    return cls(a), cls(b)
+    return cls(a, reactor), cls(b, reactor)
 
 
 def clog(*streams: SocketStream) -> None:
@@ -45,34 +47,34 @@ def clog(*streams: SocketStream) -> None:
                 break
 
 
-async def stream_maker() -> tuple[SocketStream, SocketStream]:
-    return make_pair()
+async def test_conforms_to_trio_half_closeable_stream(reactor: Reactor) -> None:
+    async def stream_maker() -> tuple[SocketStream, SocketStream]:
+        return make_pair(reactor)
 
+    async def clogged_stream_maker() -> tuple[SocketStream, SocketStream]:
+        left, right = make_pair(reactor)
+        for stream in (left, right):
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        clog(left, right)
+        return left, right
 
-async def clogged_stream_maker() -> tuple[SocketStream, SocketStream]:
-    left, right = make_pair()
-    for stream in (left, right):
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    clog(left, right)
-    return left, right
-
-
-async def test_conforms_to_trio_half_closeable_stream() -> None:
     await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)
 
 
-async def test_send_all_does_not_yield_when_the_kernel_takes_it() -> None:
-    left, right = make_pair(SocketStream)
+async def test_send_all_does_not_yield_when_the_kernel_takes_it(reactor: Reactor) -> None:
+    left, right = make_pair(reactor, SocketStream)
     async with left, right:
         with trio.testing.assert_no_checkpoints():
             await left.send_all(b"hola\n")
         assert await right.receive_some() == b"hola\n"
 
 
-async def test_send_timeout_breaks_a_stream_nobody_reads(autojump_clock: trio.testing.MockClock) -> None:
+async def test_send_timeout_breaks_a_stream_nobody_reads(
+    reactor: Reactor, autojump_clock: trio.testing.MockClock
+) -> None:
     a, b = socket.socketpair()
-    stream, _never_read = SocketStream(a, send_timeout=2.0), b
+    stream, _never_read = SocketStream(a, reactor, send_timeout=2.0), b
     start = trio.current_time()
     with pytest.raises(SendTimeout):
         await stream.send_all(b"x" * 10_000_000)
@@ -81,9 +83,9 @@ async def test_send_timeout_breaks_a_stream_nobody_reads(autojump_clock: trio.te
     b.close()
 
 
-async def test_errors_become_broken_resource() -> None:
+async def test_errors_become_broken_resource(reactor: Reactor) -> None:
     a, b = socket.socketpair()
-    stream = SocketStream(a)
+    stream = SocketStream(a, reactor)
     b.send(b"unread")
     b.close()  # the peer is gone: sending to it fails with EPIPE
 
@@ -97,31 +99,11 @@ async def test_errors_become_broken_resource() -> None:
     await stream.aclose()
 
 
-# --- with the edge-triggered reactor -------------------------------------------------
-
-
-async def test_reactor_streams_conform(reactor: Reactor) -> None:
-
-    def pair() -> tuple[SocketStream, SocketStream]:
-        a, b = socket.socketpair()
-        return CheckpointingStream(a, reactor=reactor), CheckpointingStream(b, reactor=reactor)
-
-    async def maker() -> tuple[SocketStream, SocketStream]:
-        return pair()
-
-    async def clogged_maker() -> tuple[SocketStream, SocketStream]:
-        left, right = pair()
-        clog(left, right)
-        return left, right
-
-    await trio.testing.check_half_closeable_stream(maker, clogged_maker)
-
-
 async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nursery, reactor: Reactor) -> None:
     """Reads that fill the buffer leave data behind with no new edge to come:
     the stream must read again before it waits."""
     a, b = socket.socketpair()
-    sender, receiver = SocketStream(a, reactor=reactor), SocketStream(b, reactor=reactor)
+    sender, receiver = SocketStream(a, reactor), SocketStream(b, reactor)
     payload = bytes(range(256)) * 8192  # 2 MiB
 
     async def send() -> None:
@@ -141,7 +123,7 @@ async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nurser
 
 async def test_reactor_close_wakes_a_waiting_reader(reactor: Reactor) -> None:
     a, b = socket.socketpair()
-    stream = SocketStream(a, reactor=reactor)
+    stream = SocketStream(a, reactor)
     outcome: list[BaseException] = []
 
     async def reader() -> None:
@@ -162,7 +144,7 @@ async def test_reactor_close_wakes_a_waiting_reader(reactor: Reactor) -> None:
 async def test_closing_the_reactor_wakes_leader_and_followers(readers: int) -> None:
     reactor = Reactor()
     pairs = [socket.socketpair() for _ in range(readers)]
-    streams = [SocketStream(a, reactor=reactor) for a, _ in pairs]
+    streams = [SocketStream(a, reactor) for a, _ in pairs]
     woken: list[BaseException] = []
 
     async def reader(stream: SocketStream) -> None:
@@ -186,7 +168,7 @@ async def test_many_readers_share_one_leader(reactor: Reactor) -> None:
     """Edges for followers are handed over by the leader; leadership passes
     on when the leader's own socket fires."""
     pairs = [socket.socketpair() for _ in range(20)]
-    streams = [SocketStream(a, reactor=reactor) for a, _ in pairs]
+    streams = [SocketStream(a, reactor) for a, _ in pairs]
     got: dict[int, bytes] = {}
 
     async def reader(n: int) -> None:
@@ -209,7 +191,7 @@ async def test_many_readers_share_one_leader(reactor: Reactor) -> None:
 
 async def test_a_cancelled_receive_keeps_the_pending_edge(reactor: Reactor) -> None:
     a, b = socket.socketpair()
-    stream = SocketStream(a, reactor=reactor)
+    stream = SocketStream(a, reactor)
     b.send(b"hola")
     await trio.testing.wait_all_tasks_blocked()  # the reactor saw the edge; nobody waited
     with trio.CancelScope() as scope:
