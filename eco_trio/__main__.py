@@ -6,6 +6,7 @@ The only module that touches argv, stdin/stdout, print and trio.run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -16,11 +17,11 @@ from typing import NoReturn, TypeVar
 
 import trio
 
-from . import __version__
+from . import __version__, open_files
 from .bench import MODES, BenchConfig, format_result, run_bench
 from .client import DEFAULT_CLOSE_WAIT, Client, ConnectionClosed, SessionEnd, run_messages, run_session
 from .protocol import DEFAULT_MAX_LINE
-from .server import Server, ServerConfig
+from .server import REMOTE_IDLE_TIMEOUT, Server, ServerConfig
 from .terminal import Console, piped_lines, print_line, terminal_restored
 
 log = logging.getLogger("eco_trio.server")
@@ -49,6 +50,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
     def parse(text: str) -> float | int:
         try:
@@ -74,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     server = commands.add_parser(
         "servidor",
         help="run the server",
-        description="Run the server. Stops on DESCONEXION, Ctrl-C or SIGTERM, telling clients first.",
+        description="Run the server. Stops on DESCONEXION, Ctrl-C, SIGTERM or SIGHUP, telling clients first.",
     )
     defaults = ServerConfig()
     server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
@@ -111,10 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     server.add_argument(
         "--idle-timeout",
-        type=_positive(float),
+        type=_not_negative,
         default=None,
         metavar="SECONDS",
-        help="close a connection after this long without a complete line (default: off)",
+        help="close a connection after this long without a complete line; 0: never (default: never "
+        f"on loopback, {REMOTE_IDLE_TIMEOUT:g} s when listening beyond it)",
     )
     server.add_argument(
         "--send-timeout",
@@ -126,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument(
         "--token",
         default=os.environ.get("ECO_TRIO_TOKEN"),
-        help="require 'DESCONEXION TOKEN' to shut down (default: $ECO_TRIO_TOKEN; unset: "
-        "DESCONEXION only from loopback)",
+        help="require 'DESCONEXION TOKEN' to shut down; one word, any bytes (default: $ECO_TRIO_TOKEN; "
+        "unset: DESCONEXION only from loopback)",
     )
     server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
     server.add_argument(
@@ -244,6 +256,9 @@ def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
+    # argv and the environment are bytes on POSIX: fsencode gives back the
+    # token exactly as typed, even if it is not UTF-8.
+    token = None if args.token is None else os.fsencode(args.token)
     try:
         config = ServerConfig(
             host=args.host,
@@ -254,7 +269,7 @@ def run_server(args: argparse.Namespace) -> int:
             max_clients=args.max_clients,
             idle_timeout=args.idle_timeout,
             send_timeout=args.send_timeout,
-            token=args.token or None,
+            token=token,
             remote_shutdown=not args.no_remote_shutdown,
         )
     except ValueError as exc:
@@ -263,7 +278,7 @@ def run_server(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
-    _raise_open_files_limit()
+    config = dataclasses.replace(config, max_clients=open_files.fit_clients(config.max_clients))
     try:
         return trio.run(_serve_until_stopped, config)
     except BaseException as exc:
@@ -276,12 +291,19 @@ def run_server(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
 
 
+#: Signals that shut the server down gracefully: Ctrl-C, a service manager's
+#: stop, and the terminal or SSH session closing (SIGHUP), where they exist.
+_SHUTDOWN_SIGNALS = [
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+]
+
+
 async def _serve_until_stopped(config: ServerConfig) -> int:
-    """Serve; the first SIGINT/SIGTERM shuts down gracefully, a second one
+    """Serve; the first shutdown signal shuts down gracefully, a second one
     during the grace period stops at once."""
     server = Server(config)
     forced = False
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
@@ -300,25 +322,6 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
             await server.serve()
             nursery.cancel_scope.cancel()
     return EXIT_INTERRUPTED if forced else EXIT_OK
-
-
-def _raise_open_files_limit() -> None:
-    """Each client costs a file descriptor: lift the soft limit to the hard
-    one (often 1024 -> far more) so --max-clients, not the OS, is the cap."""
-    try:
-        import resource
-    except ImportError:  # pragma: no cover - not on this platform
-        return
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = 1 << 20  # Linux refuses an infinite soft limit; nr_open's usual value
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("could not raise the open-files limit from %d: %s", soft, exc)
-            return
-    log.debug("open-files limit: %d", hard)
 
 
 # --- cliente ------------------------------------------------------------------

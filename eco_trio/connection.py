@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import protocol
-from .protocol import Close, Event, ListClients, Reply, ServerProtocol, Shutdown
-from .registry import ClientEntry
+from .protocol import Close, Event, ForeignProtocol, ListClients, Reply, ServerProtocol, Shutdown
+from .registry import ClientEntry, listing_rows
 from .socket_stream import SocketStream
 
 if TYPE_CHECKING:
@@ -38,38 +38,37 @@ LINGER_SECONDS = 1.0
 LINGER_QUIET = 0.2
 LINGER_BYTES = 256 * 1024
 
+#: LISTAR rows formatted and sent per part: about 50 KiB, one turn's worth
+#: (protocol.TURN_OUTPUT), so a listing of many clients is never built whole.
+LISTING_PART = 1024
+
 _GREETING = protocol.encode_line(protocol.GREETING)
 
 
-async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream, address: str) -> None:
-    """Talk to one client until either side ends it.
+async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> None:
+    """Talk to one admitted client until either side ends it.
 
-    Resource handling: always closes ``stream``.  Error handling: a client
-    that vanishes (reset, broken pipe, send timeout) ends only its own
-    conversation, logged at DEBUG; any other exception is logged with its
-    traceback at ERROR and also ends only this conversation.
+    Resource handling: always closes ``stream`` and unregisters ``entry``.
+    Error handling: a client that vanishes (reset, broken pipe, send
+    timeout) ends only its own conversation, logged at DEBUG; any other
+    exception is logged with its traceback at ERROR and also ends only this
+    conversation.
     """
     registry = server.registry
-    entry = registry.register(address, trio.current_time())
-    if entry is None:
-        server.note_refused(address)
-        line = f"ERROR demasiados clientes (máximo {registry.max_clients}); inténtalo más tarde."
-        await _say_last_words(stream, protocol.encode_line(line))
-        return
-    log.info("connected %s (%d clients)", address, len(registry))
+    log.info("connected %s (%d clients)", entry.address, len(registry))
     linger = True
     try:
         linger = await _converse(server, stream, entry)
     except trio.BrokenResourceError as exc:
-        log.debug("%s: connection broken: %s", address, exc)
+        log.debug("%s: connection broken: %s", entry.address, exc)
         linger = False
     except Exception:
         # A bug must not take every other client down with this one.
-        log.exception("%s: unexpected error; closing this connection", address)
+        log.exception("%s: unexpected error; closing this connection", entry.address)
         linger = False
     finally:
         registry.unregister(entry)
-        log.info("disconnected %s (%d clients)", address, len(registry))
+        log.info("disconnected %s (%d clients)", entry.address, len(registry))
         if linger:
             await _close_gracefully(stream)
         else:
@@ -77,13 +76,13 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
 
 
 async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> bool:
-    """The request loop; returns whether we are the side that closes (and so
-    should linger)."""
+    """The request loop; returns whether to linger on close (we are the side
+    that closes, and the peer may still be sending)."""
     config = server.config
     parser = ServerProtocol(config.max_line)
     receive_some, send_all = stream.receive_some, stream.send_all
     current_time = trio.lowlevel.current_clock().current_time
-    pause, idle = config.pause, config.idle_timeout
+    pause, idle = config.pause, server.idle_timeout
     if server.shutting_down:
         entry.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
     else:
@@ -108,10 +107,18 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                 events = parser.receive_data(data)
                 if events:
                     entry.last_line_at = current_time()
-                    if len(events) == 1 and type(reply := events[0]) is Reply:
-                        await send_all(reply.data)  # the common case, without a call
-                    elif await _answer(server, stream, entry, events):
-                        return bool(data)  # at EOF the client closed first
+                    if len(events) == 1 and type(events[0]) is Reply:
+                        await send_all(events[0].data)  # the common case, without a call
+                    elif (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
+                        return end
+                    if (
+                        parser.has_backlog
+                        and (end := await _work_off(server, stream, entry, parser)) is not None
+                    ):
+                        return end
+                # While it waits for the next read, an idle connection must
+                # not keep its last batch (the read, the reply) alive.
+                del data, events
                 fragment = parser.has_fragment
                 if fragment:
                     last_data = current_time()
@@ -129,49 +136,98 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
             await send_all(protocol.encode_line(notice))
             return True
         events = parser.flush_fragment()
-        # What the flush kept (half a UTF-8 character) waits for more data.
-        last_data = math.inf
+        # A fragment kept back (it ends in a cut UTF-8 character) gets one
+        # more pause.
+        last_data = current_time()
         if events:
-            entry.last_line_at = current_time()
-            if await _answer(server, stream, entry, events):
-                return True
+            entry.last_line_at = last_data
+            if (end := await _answer(server, stream, entry, events, eof=False)) is not None:
+                return end
+        del events
+
+
+async def _work_off(
+    server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, parser: ServerProtocol
+) -> bool | None:
+    """Answer the rest of a read turn by turn, letting every other task run
+    between turns: one client's pipelined commands cannot hold the server.
+    Nothing new is read meanwhile, so what the client sends waits in the
+    kernel, and a client that does not read its replies blocks here, with
+    at most one turn's output built, until the send timeout."""
+    while parser.has_backlog and not entry.interrupted:
+        await trio.lowlevel.checkpoint()
+        events = parser.next_events()
+        if (end := await _answer(server, stream, entry, events, eof=False)) is not None:
+            return end
+    return None
 
 
 async def _answer(
-    server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, events: list[Event]
-) -> bool:
-    """Send the replies ``events`` call for, in one write; returns whether the
-    conversation is over."""
+    server: Server,
+    stream: trio.abc.HalfCloseableStream,
+    entry: ClientEntry,
+    events: list[Event],
+    *,
+    eof: bool,
+) -> bool | None:
+    """Send the replies ``events`` call for.  Returns None while the
+    conversation goes on; once it is over, whether to linger on close."""
     out: list[bytes] = []
-    done = False
     for event in events:
         match event:
             case Reply(data=data):
                 out.append(data)
             case ListClients():
-                rows = server.registry.listing(entry, trio.current_time())
-                header = f"{protocol.LISTING_HEADER} {len(rows)}"
-                out.append(protocol.encode_lines([header, *rows]))
+                await _send_listing(server, stream, entry, b"".join(out))
+                out = []
             case Shutdown(token=token):
                 reply, accepted = server.shutdown_requested_by(entry, token)
                 out.append(protocol.encode_line(reply))
-                done = done or accepted
+                if accepted:
+                    await stream.send_all(b"".join(out))
+                    return True
+            case ForeignProtocol(name=name):
+                log.warning(
+                    "%s: closed: it spoke %s to this line server (%s)",
+                    entry.address,
+                    name,
+                    _FOREIGN_HINTS.get(name, "a client of another protocol"),
+                )
+                entry.closing = True
+                if out:
+                    await stream.send_all(b"".join(out))
+                return False  # not one more byte: no lingering either
             case Close():
                 entry.closing = True
-                done = True
+                if out:
+                    await stream.send_all(b"".join(out))
+                return not eof  # at end of input the client closed first
     if out:
         await stream.send_all(b"".join(out))
-    return done
+    return None
 
 
-async def _say_last_words(stream: trio.abc.HalfCloseableStream, line: bytes) -> None:
-    try:
-        with trio.move_on_after(LINGER_SECONDS):
-            await stream.send_all(line)
-    except trio.BrokenResourceError:
-        await _close_now(stream)
-        return
-    await _close_gracefully(stream)
+_FOREIGN_HINTS = {
+    "HTTP": "a web page or HTTP client; a browser page could otherwise send DESCONEXION",
+    "TLS": "a TLS client on the plain-text port",
+}
+
+
+async def _send_listing(
+    server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, before: bytes
+) -> None:
+    """LISTAR's reply in parts of LISTING_PART rows, each sent before the
+    next is built, with a turn for everyone else between parts: its cost
+    grows with the number of clients, and must not stall them."""
+    entries = server.registry.snapshot()
+    now = trio.current_time()
+    header = protocol.encode_line(f"{protocol.LISTING_HEADER} {len(entries)}")
+    for start in range(0, len(entries) or 1, LISTING_PART):
+        if start:
+            await trio.lowlevel.checkpoint()
+        rows = listing_rows(entries[start : start + LISTING_PART], entry, now)
+        await stream.send_all(before + header + protocol.encode_lines(rows))
+        before = header = b""
 
 
 async def _close_gracefully(stream: trio.abc.HalfCloseableStream) -> None:

@@ -14,6 +14,7 @@ and then calls :meth:`ServerProtocol.flush_fragment`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -67,9 +68,20 @@ class ListClients:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
-    """``DESCONEXION [token]``: the server decides whether to honour it."""
+    """``DESCONEXION [token]``: the server decides whether to honour it.  The
+    token is the bytes the client sent, whatever they are."""
 
-    token: str | None
+    token: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignProtocol:
+    """The peer speaks another protocol (``"HTTP"``, ``"TLS"``): nothing it
+    sent after this is acted on, and the connection should close at once,
+    without a reply.  A browser's request to this port, for one, must never
+    reach DESCONEXION (the cross-protocol attack Redis guards against too)."""
+
+    name: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,62 +90,101 @@ class Close:
     end of input): send any replies before this event, then close."""
 
 
-Event = Reply | ListClients | Shutdown | Close
+Event = Reply | ListClients | Shutdown | ForeignProtocol | Close
 
 
 # --- recognising commands ---------------------------------------------------
 
-# Commands are matched on the stripped, uppercased line.  str.upper() maps
-# character by character, so if a line is a command its uppercased text
-# contains one of these markers, and a batch whose uppercased text contains
-# none of them holds no command: the fast path needs one search per marker per
-# batch rather than a parse per line.
-_MARKERS: Final = ("APAGAR", "LISTAR", "AYUDA", "DESCONEXI", "SERVIDOR")
+# Commands are ASCII words matched in any ASCII case on the raw bytes, so a
+# look-alike that only Unicode case mapping turns into a command (the long s
+# in "deſconexion", the dotless i in "lıstar") stays an ordinary line, and a
+# DESCONEXION token may be any bytes.  If a line is a command, its Unicode
+# uppercasing contains one of these markers (ASCII letters uppercase the same
+# either way), so a batch whose uppercased text holds none of them needs no
+# parse per line.  "HTTP/" and "HOST:" send HTTP look-alikes to the slow path,
+# where the cross-protocol guard looks at them.
+_MARKERS: Final = ("APAGAR", "LISTAR", "AYUDA", "DESCONEXI", "SERVIDOR", "HTTP/", "HOST:")
 
 _CLOSE: Final = Close()
 _LIST: Final = ListClients()
+_SHUTDOWN_WORDS: Final = (b"DESCONEXION", "DESCONEXIÓN".encode(), "DESCONEXIóN".encode())
+_SINGLE_WORD: Final[dict[bytes, tuple[Reply | ListClients | Shutdown, bool]]] = {
+    b"APAGAR": (Reply(encode_line(FAREWELL)), True),
+    b"LISTAR": (_LIST, False),
+    b"AYUDA": (Reply(encode_line(HELP)), False),
+    **{word: (Shutdown(None), False) for word in _SHUTDOWN_WORDS},
+}
+_HELLO: Final = (Reply(encode_line(HELLO_REPLY)), False)
+
+#: An HTTP/1.x request line (RFC 9112: method SP target SP version) or the
+#: HTTP/2 preface ("PRI * HTTP/2.0"); methods are tokens, in any case.
+_HTTP_REQUEST_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/\d(\.\d)?")
 
 
-def _command(text: str) -> tuple[Reply | ListClients | Shutdown, bool] | None:
-    """The command ``text`` is, with whether it ends the connection; None
-    when ``text`` is an ordinary line."""
-    words = text.upper().split()
-    if not words:
-        return None
+def _command(raw: bytes | bytearray) -> tuple[Reply | ListClients | Shutdown, bool] | None:
+    """The command the line ``raw`` is, with whether it ends the connection;
+    None when it is an ordinary line."""
+    words = raw.split()
     if len(words) == 1:
-        match words[0]:
-            case "APAGAR":
-                return Reply(encode_line(FAREWELL)), True
-            case "LISTAR":
-                return _LIST, False
-            case "AYUDA":
-                return Reply(encode_line(HELP)), False
-            case "DESCONEXION" | "DESCONEXIÓN":
-                return Shutdown(None), False
-    elif words == ["HOLA", "SERVIDOR"]:
-        return Reply(encode_line(HELLO_REPLY)), False
-    elif len(words) == 2 and words[0] in ("DESCONEXION", "DESCONEXIÓN"):
-        # The token is case-sensitive: take it from the original text.
-        return Shutdown(text.split()[1]), False
+        return _SINGLE_WORD.get(bytes(words[0].upper()))
+    if len(words) == 2:
+        first = words[0].upper()
+        if first == b"HOLA" and words[1].upper() == b"SERVIDOR":
+            return _HELLO
+        if first in _SHUTDOWN_WORDS:
+            return Shutdown(bytes(words[1])), False  # the token, byte for byte
     return None
 
 
-def _incomplete_utf8_tail(data: bytes) -> int:
-    """How many bytes at the end of ``data`` start a UTF-8 character that has
-    not fully arrived yet (0 to 3)."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte < 0x80:
+def _is_http(raw: bytes | bytearray) -> bool:
+    """Whether ``raw`` is an HTTP request line or a ``Host:`` header."""
+    return raw[:5].lower() == b"host:" or _HTTP_REQUEST_LINE.fullmatch(raw) is not None
+
+
+def _is_tls_client_hello(data: bytes | bytearray) -> bool:
+    """A TLS record header: handshake (0x16), version 3.x (SSL 3 to TLS 1.3)."""
+    return len(data) >= 3 and data[0] == 0x16 and data[1] == 0x03 and data[2] <= 0x04
+
+
+# The second byte a UTF-8 sequence may have after each lead byte (RFC 3629:
+# no overlong forms, no surrogates, nothing past U+10FFFF); later bytes are
+# plain continuation bytes.
+_SECOND_BYTE: Final = {
+    **{lead: (0x80, 0xBF) for lead in range(0xC2, 0xF5)},
+    0xE0: (0xA0, 0xBF),
+    0xED: (0x80, 0x9F),
+    0xF0: (0x90, 0xBF),
+    0xF4: (0x80, 0x8F),
+}
+
+
+def _incomplete_utf8_tail(data: bytes | bytearray) -> int:
+    """How many bytes at the end of ``data`` are a true prefix of a UTF-8
+    character that has not fully arrived (0 to 3).  Bytes that can never
+    start or continue a character (0xFF, Latin-1 text, telnet's IAC) are
+    not held: they are invalid now, and waiting will not fix them."""
+    for back in range(1, min(3, len(data)) + 1):
+        lead = data[-back]
+        if lead < 0x80:
             return 0
-        if byte >= 0xC0:  # a lead byte: how long should its sequence be?
-            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
-            return back if back < need else 0
+        if lead < 0xC0:
+            continue  # a continuation byte: look further back for its lead
+        if lead not in _SECOND_BYTE:
+            return 0
+        need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+        if back >= need:
+            return 0  # complete (valid or not): nothing to wait for
+        if back >= 2:
+            low, high = _SECOND_BYTE[lead]
+            if not low <= data[-back + 1] <= high:
+                return 0
+        return back
     return 0
 
 
 def _take_fragment(buffer: bytearray, *, final: bool) -> bytes:
-    """Empty ``buffer`` into a fragment to be answered or shown as a line;
-    unless ``final``, a UTF-8 character cut short stays in ``buffer``."""
+    """Empty ``buffer`` into a fragment to be shown as a line; unless
+    ``final``, a UTF-8 character cut short stays in ``buffer``."""
     fragment = bytes(buffer)
     keep = 0 if final else _incomplete_utf8_tail(fragment)
     if keep:
@@ -143,6 +194,13 @@ def _take_fragment(buffer: bytearray, *, final: bool) -> bytes:
     return fragment
 
 
+#: Work one turn may do before the connection lets others run (memcached's
+#: ``-R``): reply bytes built, and lines looked at.  A turn also ends after
+#: each LISTAR or DESCONEXION, whose cost depends on the server's state.
+TURN_OUTPUT: Final = 64 * 1024
+TURN_LINES: Final = 1024
+
+
 class ServerProtocol:
     """The server side of one connection.
 
@@ -150,9 +208,16 @@ class ServerProtocol:
     completes.  Lines end with ``\\n``; a ``\\r`` before it is dropped.  The
     buffer never holds more than ``max_line`` bytes of an unfinished line:
     past that the protocol answers with an error and a :class:`Close`.
+
+    Work is handed out in bounded turns: a read full of commands whose
+    replies are large (``AYUDA``, ``LISTAR``, invalid lines) is not answered
+    all at once.  While :attr:`has_backlog` is true, the I/O layer sends what
+    it got, lets others run, and calls :meth:`next_events` for more; it reads
+    nothing new meanwhile, so a client that sends faster than it reads is
+    slowed down rather than buffered.
     """
 
-    __slots__ = ("_buffer", "_closed", "_max_line")
+    __slots__ = ("_backlog", "_buffer", "_closed", "_fresh", "_held", "_max_line", "_position")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:
@@ -162,23 +227,41 @@ class ServerProtocol:
         self._buffer = bytearray()
         self._max_line = max_line
         self._closed = False
+        self._fresh = True  # nothing received yet
+        # flush_fragment() kept the fragment back once (it ends in a cut
+        # UTF-8 character); the next pause answers it whatever it holds.
+        self._held = False
+        # Complete lines not answered yet, from _position on (see next_events).
+        self._backlog: bytes | bytearray = b""
+        self._position = 0
 
     @property
     def has_fragment(self) -> bool:
         """Whether bytes of an unterminated line are waiting."""
         return bool(self._buffer)
 
+    @property
+    def has_backlog(self) -> bool:
+        """Whether complete lines wait for :meth:`next_events`."""
+        return self._position < len(self._backlog)
+
     def receive_data(self, data: bytes | bytearray) -> list[Event]:
-        """Take bytes from the client (``b""``: end of input)."""
+        """Take bytes from the client (``b""``: end of input).  Call only when
+        :attr:`has_backlog` is false."""
         if self._closed:
             return []
+        if self._fresh:
+            self._fresh = False
+            if _is_tls_client_hello(data):
+                return self._foreign("TLS")
         if not data:
-            events = self._fragment_events(final=True)
+            events = self._fragment_events()
             if not self._closed:
                 self._closed = True
                 events.append(_CLOSE)
             return events
         if self._buffer:
+            self._held = False
             self._buffer += data
             if b"\n" not in data:
                 return self._check_fragment_size([])
@@ -192,23 +275,36 @@ class ServerProtocol:
             return self._check_fragment_size([])
         if end == len(buffer):
             complete = buffer
+        elif len(buffer) - end > self._max_line + 1:
+            # The unterminated rest is already too long: answer it as a last
+            # (over-long) line, in order, after the complete ones.
+            complete = buffer
         else:
             complete = buffer[:end]
             self._buffer += memoryview(buffer)[end:]
         batch = self._fast_batch(complete)
-        if batch is None:
-            batch = self._line_by_line(complete.split(b"\n")[:-1])
-        return self._check_fragment_size(batch) if self._buffer else batch
+        if batch is not None:
+            return batch
+        self._backlog, self._position = complete, 0
+        return self._turn()
+
+    def next_events(self) -> list[Event]:
+        """The next turn's worth of events from the backlog."""
+        return self._turn() if self.has_backlog else []
 
     def flush_fragment(self) -> list[Event]:
         """The client paused mid-line: answer what is buffered as a line.
 
-        A UTF-8 character cut by the pause stays buffered, so it comes out
-        whole in the next line rather than as an encoding error.
+        A fragment that ends in a true prefix of a UTF-8 character is kept
+        back for one more pause, so a character cut by the pause comes out
+        whole; at the next pause it is answered whatever it holds.
         """
-        if self._closed:
+        if self._closed or self.has_backlog:
             return []
-        return self._fragment_events(final=False)
+        if not self._held and _incomplete_utf8_tail(self._buffer):
+            self._held = True
+            return []
+        return self._fragment_events()
 
     # --- internals ----------------------------------------------------------
 
@@ -226,50 +322,86 @@ class ServerProtocol:
                 return None
         if "\r" in upper:
             upper = upper.replace("\r\n", "\n")
+        # Uppercasing grows text at most 3x (U+0390 -> three characters), so
+        # this reply is bounded by the read.
         return [Reply(upper.encode())]
 
-    def _line_by_line(self, lines: list[bytes] | list[bytearray]) -> list[Event]:
+    def _turn(self) -> list[Event]:
+        """Answer backlog lines until a turn's budget is spent."""
+        backlog, position, max_line = self._backlog, self._position, self._max_line
         events: list[Event] = []
         replies: list[bytes] = []  # consecutive replies go out as one write
-        for raw in lines:
-            if raw.endswith(b"\r"):
-                raw = raw[:-1]
-            if len(raw) > self._max_line:
-                replies.append(encode_line(line_too_long(self._max_line)))
-                self._closed = True
-                break
-            try:
-                text = raw.decode()
-            except UnicodeDecodeError:
-                replies.append(encode_line(INVALID_UTF8))
+        size = lines = 0
+        while position < len(backlog) and size < TURN_OUTPUT and lines < TURN_LINES:
+            end = backlog.find(b"\n", position)
+            if end < 0:  # an unterminated last line: a flushed fragment, or an over-long rest
+                end = len(backlog)
+            raw = backlog[position:end]
+            position = end + 1
+            lines += 1
+            reply = self._answer_line(raw, max_line)
+            if isinstance(reply, bytes):
+                replies.append(reply)
+                size += len(reply)
+                if self._closed:
+                    break
                 continue
-            command = _command(text)
-            if command is None:
-                replies.append(encode_line(text.upper()))
-                continue
-            event, closes = command
-            if isinstance(event, Reply):
-                replies.append(event.data)
-            else:
-                if replies:
-                    events.append(Reply(b"".join(replies)))
-                    replies = []
-                events.append(event)
-            if closes:
-                self._closed = True
-                break
+            if replies:
+                events.append(Reply(b"".join(replies)))
+                replies = []
+            events.append(reply)
+            break  # its cost depends on the server: a turn of its own
         if replies:
             events.append(Reply(b"".join(replies)))
         if self._closed:
+            self._release_backlog()
             self._buffer.clear()
             events.append(_CLOSE)
+        elif position >= len(backlog):
+            self._release_backlog()
+        else:
+            self._position = position
         return events
 
-    def _fragment_events(self, *, final: bool) -> list[Event]:
-        fragment = _take_fragment(self._buffer, final=final)
-        if not fragment:
+    def _release_backlog(self) -> None:
+        # An idle connection must not keep its last batch alive.
+        self._backlog, self._position = b"", 0
+
+    def _answer_line(self, raw: bytes | bytearray, max_line: int) -> bytes | Event:
+        """One line's reply bytes, or the event it calls for.  Sets
+        ``_closed`` when the line ends the conversation."""
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if len(raw) > max_line:
+            self._closed = True
+            return encode_line(line_too_long(max_line))
+        command = _command(raw)
+        if command is not None:
+            event, closes = command
+            if closes:
+                self._closed = True
+            return event.data if isinstance(event, Reply) else event
+        if _is_http(raw):
+            self._closed = True
+            return ForeignProtocol("HTTP")
+        try:
+            return (raw.decode().upper() + "\n").encode()
+        except UnicodeDecodeError:
+            return _INVALID_UTF8_LINE
+
+    def _foreign(self, name: str) -> list[Event]:
+        self._closed = True
+        self._buffer.clear()
+        return [ForeignProtocol(name), _CLOSE]
+
+    def _fragment_events(self) -> list[Event]:
+        """The buffered fragment, answered as a complete line."""
+        self._held = False
+        if not self._buffer:
             return []
-        return self._line_by_line([fragment])
+        self._backlog, self._position = bytes(self._buffer), 0
+        self._buffer.clear()
+        return self._turn()
 
     def _check_fragment_size(self, events: list[Event]) -> list[Event]:
         # A trailing \r may be the first half of a \r\n: it does not count.
@@ -280,6 +412,9 @@ class ServerProtocol:
             events.append(Reply(encode_line(line_too_long(self._max_line))))
             events.append(_CLOSE)
         return events
+
+
+_INVALID_UTF8_LINE: Final = encode_line(INVALID_UTF8)
 
 
 class LineReader:
@@ -330,12 +465,12 @@ def _decode_shown(raw: bytes) -> str:
 def is_closing_command(line: str) -> bool:
     """Whether sending ``line`` asks the server to close this connection
     (``APAGAR``, or ``DESCONEXION`` with or without a token)."""
-    command = _command(line)
+    command = _command(line.encode())
     return command is not None and (command[1] or isinstance(command[0], Shutdown))
 
 
 def is_listing_command(line: str) -> bool:
-    command = _command(line)
+    command = _command(line.encode())
     return command is not None and isinstance(command[0], ListClients)
 
 

@@ -31,6 +31,7 @@ drain uses trio's ``wait_writable`` directly.
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 from collections.abc import Callable
@@ -54,6 +55,9 @@ _READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPO
 HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _MAX_EVENTS = 1024
 _LEAD = -1  # what a follower is woken with when it is promoted to leader
+#: The leader's socket was closed under it: no fd number, so a new socket
+#: that reuses the number is not taken for the old one.
+_CLOSED = -2
 #: Before the leader sleeps, it lets every other task run and looks again this
 #: many times.  An edge that comes meanwhile costs no sleep and no wake-up,
 #: and a server that goes to sleep a few microseconds later wakes up faster on
@@ -70,7 +74,6 @@ class Reactor:
 
     __slots__ = (
         "_epoll",
-        "_leader_closing",
         "_leader_fd",
         "_pending",
         "_waiters",
@@ -83,8 +86,8 @@ class Reactor:
         self._waiters: dict[int, Task] = {}  # followers, by the socket they wait on
         #: Sockets that got an edge while nobody waited on them, and its events.
         self._pending: dict[int, int] = {}
+        #: The leader's socket (None: no leader; _CLOSED: closed under it).
         self._leader_fd: int | None = None
-        self._leader_closing = False
         # To wake a leader whose own socket is closed by another task.
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
@@ -122,8 +125,11 @@ class Reactor:
         if task is not None:
             reschedule(task, outcome.Error(trio.ClosedResourceError("another task closed this socket")))
         elif fd == self._leader_fd:
-            self._leader_closing = True
-            self._wake_writer.send(b"!")
+            # The number may be reused at once: from now on the leader's own
+            # edges go to whoever waits on a new socket with that number.
+            self._leader_fd = _CLOSED
+            with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+                self._wake_writer.send(b"!")
 
     def aborter(self, fd: int) -> Callable[[RaiseCancelT], Abort]:
         """The cancellation hook for waits on ``fd``, made once per socket
@@ -151,21 +157,24 @@ class Reactor:
         if fd in self._waiters or fd == self._leader_fd:
             raise trio.BusyResourceError("another task is already reading this socket")
         if self._leader_fd is None:
+            self._leader_fd = fd
             return await self._lead(fd)
         self._waiters[fd] = current_task()
         events = int(await wait_task_rescheduled(abort))
-        if events == _LEAD:
+        if events == _LEAD:  # whoever promoted us made us the leader
             return await self._lead(fd)
         return events
 
     async def _lead(self, fd: int) -> int:
-        """Watch the epoll for everyone until ``fd`` itself has an edge."""
-        self._leader_fd = fd
+        """Watch the epoll for everyone until ``fd`` itself has an edge
+        (``_leader_fd`` is ``fd`` on entry)."""
         epoll, waiters, pending = self._epoll, self._waiters, self._pending
         wake_fd = self._wake_reader.fileno()
         spins = 0
         try:
             while True:
+                if self._leader_fd != fd:
+                    raise trio.ClosedResourceError("another task closed this socket")
                 if spins < _SPINS:
                     spins += 1
                     await checkpoint()
@@ -176,7 +185,7 @@ class Reactor:
                     spins = 0
                 mine = 0
                 for ready, events in batch:
-                    if ready == fd:
+                    if ready == self._leader_fd:
                         mine |= events
                         continue
                     if ready == wake_fd:
@@ -187,14 +196,10 @@ class Reactor:
                         pending[ready] = pending.get(ready, 0) | events
                     else:
                         reschedule(task, outcome.Value(events))
-                if self._leader_closing:
-                    self._leader_closing = False
-                    raise trio.ClosedResourceError("another task closed this socket")
                 if mine:
                     return mine
         finally:
             self._leader_fd = None
-            self._leader_closing = False
             if waiters:  # someone must keep watching for the followers
                 follower_fd, follower = waiters.popitem()
                 self._leader_fd = follower_fd

@@ -16,7 +16,7 @@ notices the interrupt before it reads again, so no reply is cut in half.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -113,18 +113,27 @@ class Registry:
     def __iter__(self) -> Iterator[ClientEntry]:
         return iter(list(self._clients))
 
+    def snapshot(self) -> list[ClientEntry]:
+        """The entries now, in arrival order, for a listing sent in parts."""
+        return list(self._clients)
+
     def listing(self, requester: ClientEntry | None, now: float) -> list[str]:
-        """``LISTAR``'s rows: address first, then age, idle time, and a mark
-        on the requester's own row."""
-        rows = []
-        for entry in self._clients:
-            row = (
-                f"{entry.address} conectado={now - entry.connected_at:.0f}s"
-                f" inactivo={now - entry.last_line_at:.0f}s"
-            )
-            rows.append(row + " (tú)" if entry is requester else row)
-        return rows
+        """``LISTAR``'s rows for every client (see :func:`listing_rows`)."""
+        return listing_rows(self._clients, requester, now)
 
     def notify_all(self, line: bytes) -> None:
         for entry in list(self._clients):
             entry.notify(line)
+
+
+def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, now: float) -> list[str]:
+    """``LISTAR``'s rows: address first, then age, idle time, and a mark on
+    the requester's own row."""
+    rows = []
+    for entry in entries:
+        row = (
+            f"{entry.address} conectado={now - entry.connected_at:.0f}s"
+            f" inactivo={now - entry.last_line_at:.0f}s"
+        )
+        rows.append(row + " (tú)" if entry is requester else row)
+    return rows

@@ -29,10 +29,26 @@ from .socket_stream import SocketStream
 
 log = logging.getLogger("eco_trio.server")
 
-#: Accept errors that mean "out of resources right now": back off and retry,
-#: as trio's serve_listeners does, rather than crash or spin.
-_TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+#: accept() errors that mean only that one connection failed (the list trio's
+#: SocketListener skips): Linux reports a firewall's refusal as EPERM, and
+#: pending network errors of the new connection come out of accept too.
+_CONNECTION_ACCEPT_ERRORS = {
+    getattr(errno, name)
+    for name in (
+        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
+        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
+        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET",
+    )
+    if hasattr(errno, name)
+}  # fmt: skip
+#: Any other accept() error (out of file descriptors or memory, above all)
+#: makes the loop wait this long before trying again, as trio's
+#: serve_listeners does: the server must neither stop nor spin.
 _ACCEPT_BACKOFF = 0.1
+#: Idle timeout when listening beyond loopback and none was chosen: a slot
+#: held by a silent client is freed after this long (nginx closes a silent
+#: client after 60 s; an interactive line session deserves longer).
+REMOTE_IDLE_TIMEOUT = 300.0
 _ACCEPT_BATCH = 64
 _KEEPALIVE_IDLE = 60
 _KEEPALIVE_INTERVAL = 15
@@ -51,22 +67,28 @@ class ServerConfig:
     pause: float = 0.1
     max_line: int = protocol.DEFAULT_MAX_LINE
     max_clients: int = 1000
-    #: Close a connection after this long without a complete line (None: never).
+    #: Close a connection after this long without a complete line.  0: never;
+    #: None: never on loopback, REMOTE_IDLE_TIMEOUT when listening beyond it.
     idle_timeout: float | None = None
     #: Close a connection that takes none of our data for this long.
     send_timeout: float = 30.0
-    #: Required after DESCONEXION when set; without it only loopback peers may.
-    token: str | None = None
+    #: Required after DESCONEXION when set (any bytes but whitespace; a str is
+    #: taken as UTF-8); without it only loopback peers may.
+    token: bytes | str | None = None
     remote_shutdown: bool = True
     backlog: int = 1024
 
     def __post_init__(self) -> None:
         positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
-        if self.idle_timeout is not None:
-            positive["idle_timeout"] = self.idle_timeout
         for name, value in positive.items():
             if not value > 0:
                 raise ValueError(f"{name} must be greater than 0, not {value}")
+        if self.idle_timeout is not None and not self.idle_timeout >= 0:
+            raise ValueError(f"idle_timeout must be 0 (never) or more, not {self.idle_timeout}")
+        if isinstance(self.token, str):
+            object.__setattr__(self, "token", self.token.encode("utf-8", "surrogateescape"))
+        if self.token is not None and (not self.token or self.token.split() != [self.token]):
+            raise ValueError("the token must be one word: not empty, no spaces or line breaks")
         if self.max_line < 1 or self.max_clients < 1:
             raise ValueError("max_line and max_clients must be at least 1")
         if not 0 <= self.port <= 65535:
@@ -81,9 +103,15 @@ class Server:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         self.registry = Registry(self.config.max_clients)
+        #: The idle timeout in force (None: never); serve() settles the
+        #: default once it knows whether it listens beyond loopback.
+        self.idle_timeout = self.config.idle_timeout or None
         self._shutdown = trio.Event()
-        self._refused = 0
-        self._refused_logged_at = -math.inf
+        self._refusal_line = protocol.encode_line(
+            f"ERROR demasiados clientes (máximo {self.config.max_clients}); inténtalo más tarde."
+        )
+        self._refusals = _Throttled(logging.WARNING)
+        self._accept_errors = _Throttled(logging.ERROR)
 
     @property
     def shutting_down(self) -> bool:
@@ -93,28 +121,15 @@ class Server:
         """Start the graceful shutdown (idempotent)."""
         self._shutdown.set()
 
-    def note_refused(self, address: str) -> None:
-        """Log turned-away connections, at most once a second: a flood of
-        them must not become a flood of log lines."""
-        self._refused += 1
-        now = trio.current_time()
-        if now - self._refused_logged_at >= 1.0:
-            log.warning(
-                "refused %s: already %d clients (--max-clients); %d refused since the last report",
-                address,
-                len(self.registry),
-                self._refused,
-            )
-            self._refused, self._refused_logged_at = 0, now
-
-    def shutdown_requested_by(self, entry: ClientEntry, token: str | None) -> tuple[str, bool]:
+    def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> tuple[str, bool]:
         """Decide on a client's DESCONEXION: the reply, and whether it was
         honoured."""
         config = self.config
         if not config.remote_shutdown:
             return "ERROR DESCONEXION está desactivado en este servidor.", False
         if config.token is not None:
-            if token is None or not hmac.compare_digest(token.encode(), config.token.encode()):
+            assert isinstance(config.token, bytes)  # __post_init__ made it so
+            if token is None or not hmac.compare_digest(token, config.token):
                 log.warning("DESCONEXION refused from %s: wrong or missing token", entry.address)
                 return "ERROR DESCONEXION requiere el token correcto: DESCONEXION <token>.", False
         elif not _is_loopback(entry.address):
@@ -138,6 +153,9 @@ class Server:
         config = self.config
         listeners = await open_listeners(config.host, config.port, config.backlog)
         addresses = [format_address(sock.getsockname()) for sock in listeners]
+        beyond_loopback = not all(_is_loopback(address) for address in addresses)
+        if config.idle_timeout is None and beyond_loopback:
+            self.idle_timeout = REMOTE_IDLE_TIMEOUT
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
         # The reactor outlives every connection; the cancel scope is the shared one.
@@ -168,8 +186,13 @@ class Server:
         self, listener: socket.socket, connections: trio.Nursery, reactor: Reactor
     ) -> None:
         """Accept until the backlog is empty (the reactor is edge-triggered:
-        only new connections bring a new edge), then wait."""
-        send_timeout = self.config.send_timeout
+        only new connections bring a new edge), then wait.
+
+        Admission is decided here, in the kernel's accept order, before any
+        task exists: the clients turned away are always the newest, LISTAR
+        shows arrival order, and a refusal costs no task and no lingering.
+        """
+        send_timeout, registry = self.config.send_timeout, self.registry
         fd = listener.fileno()
         reactor.register(listener)
         abort = reactor.aborter(fd)
@@ -182,20 +205,62 @@ class Server:
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno in _TRANSIENT_ACCEPT_ERRORS:
-                        log.error("accept failed: %s; retrying in %g s", exc, _ACCEPT_BACKOFF)
-                        await trio.sleep(_ACCEPT_BACKOFF)
+                    if exc.errno in _CONNECTION_ACCEPT_ERRORS:
+                        self._accept_errors.note("a connection failed as it was accepted: %s", exc)
                         continue
-                    if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
-                        continue  # that client gave up before we accepted it
-                    raise
-                if not _OPTIONS_INHERITED:
-                    _tune(sock)
-                stream = SocketStream(sock, reactor, send_timeout=send_timeout)
-                connections.start_soon(serve_connection, self, stream, format_address(peer))
+                    self._accept_errors.note("accept failed: %s; retrying every %g s", exc, _ACCEPT_BACKOFF)
+                    await trio.sleep(_ACCEPT_BACKOFF)
+                    continue
+                address = format_address(peer)
+                entry = registry.register(address, trio.current_time())
+                if entry is None:
+                    _refuse(sock, self._refusal_line)
+                    self._refusals.note(
+                        "refused %s: already %d clients (--max-clients)", address, registry.max_clients
+                    )
+                else:
+                    if not _OPTIONS_INHERITED:
+                        _tune(sock)
+                    stream = SocketStream(sock, reactor, send_timeout=send_timeout)
+                    connections.start_soon(serve_connection, self, stream, entry)
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+
+
+def _refuse(sock: socket.socket, line: bytes) -> None:
+    """Say why and close at once: a storm of refused connections must not
+    hold file descriptors.  A new socket's send buffer is empty, so the line
+    goes out without waiting; reading what the client already sent keeps
+    the close from becoming a reset that could destroy that line."""
+    try:
+        sock.setblocking(False)
+        sock.send(line)
+        sock.recv(65536)
+    except OSError:
+        pass  # nothing there to read, or the client is already gone
+    finally:
+        sock.close()
+
+
+class _Throttled:
+    """A log line for something that can happen thousands of times a second
+    (refusals, accept errors): at most one a second, each with how many
+    happened since the previous one, so a flood does not flood the log."""
+
+    __slots__ = ("_count", "_level", "_logged_at")
+
+    def __init__(self, level: int) -> None:
+        self._level = level
+        self._count = 0
+        self._logged_at = -math.inf
+
+    def note(self, message: str, *args: object) -> None:
+        self._count += 1
+        now = trio.current_time()
+        if now - self._logged_at >= 1.0:
+            log.log(self._level, message + " (%d since the last report)", *args, self._count)
+            self._count, self._logged_at = 0, now
 
 
 def _tune(sock: socket.socket) -> None:
@@ -267,16 +332,26 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
 
 
 def exposure_warning(addresses: list[str], config: ServerConfig) -> str | None:
-    """What to warn about when others can reach a server that anyone on
-    loopback can shut down."""
-    if config.token is not None or not config.remote_shutdown:
-        return None
+    """What to tell the operator when others can reach the server: who may
+    shut it down, and how long a silent client may hold a slot."""
     if all(_is_loopback(address) for address in addresses):
         return None
-    return (
-        "listening beyond loopback without --token: DESCONEXION is accepted from "
-        "loopback peers only (set --token to allow it elsewhere, --no-remote-shutdown to refuse it)"
-    )
+    notes = []
+    if config.token is None and config.remote_shutdown:
+        notes.append(
+            "DESCONEXION is accepted from loopback peers only (set --token to allow it "
+            "elsewhere, --no-remote-shutdown to refuse it)"
+        )
+    if config.idle_timeout is None:
+        notes.append(
+            f"silent clients are closed after {REMOTE_IDLE_TIMEOUT:g} s (--idle-timeout; 0 keeps "
+            "them forever, and each holds one of --max-clients)"
+        )
+    elif config.idle_timeout == 0:
+        notes.append("silent clients are never closed (--idle-timeout 0): each holds one of --max-clients")
+    if not notes:
+        return None
+    return "listening beyond loopback: " + "; ".join(notes)
 
 
 def _is_loopback(address: str) -> bool:

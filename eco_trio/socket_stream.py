@@ -132,7 +132,6 @@ class SocketStream(trio.abc.HalfCloseableStream):
             await self._send_view(view)
         finally:
             self._waiting_to_send = False
-        self._receiving = False  # a task waits in receive_some
 
     async def _send_view(self, view: memoryview) -> None:
         while view:
@@ -163,7 +162,6 @@ class SocketStream(trio.abc.HalfCloseableStream):
             await wait_writable(self._sock)
         finally:
             self._waiting_to_send = False
-        self._receiving = False  # a task waits in receive_some
 
     async def send_eof(self) -> None:
         if self._closed:

@@ -88,7 +88,9 @@ async def start_server(nursery: trio.Nursery, **options: object) -> Running:
 async def memory_peer(nursery: trio.Nursery, server: Server, address: str = "127.0.0.1:40000") -> Peer:
     """A peer talking to one connection task over an in-memory stream pair."""
     client_side, server_side = trio.testing.memory_stream_pair()
-    nursery.start_soon(serve_connection, server, server_side, address)
+    entry = server.registry.register(address, trio.current_time())
+    assert entry is not None, "the server is full"
+    nursery.start_soon(serve_connection, server, server_side, entry)
     return Peer(client_side)
 
 

@@ -25,7 +25,7 @@ def needs_no_server_state(text: str) -> bool:
     """LISTAR and DESCONEXION answer from the server's state (who is
     connected, whether it shuts down), which the two paths do not share."""
     for line in text.split("\n"):
-        command = _command(line)
+        command = _command(line.encode())
         if command is not None and isinstance(command[0], Shutdown | ListClients):
             return False
     return True

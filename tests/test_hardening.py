@@ -262,10 +262,12 @@ async def test_remote_shutdown_can_be_disabled(nursery: trio.Nursery) -> None:
 
 def test_exposure_warning() -> None:
     assert exposure_warning(["127.0.0.1:5000", "[::1]:5000"], ServerConfig()) is None
-    assert exposure_warning(["0.0.0.0:5000"], ServerConfig(token="t")) is None
-    assert exposure_warning(["0.0.0.0:5000"], ServerConfig(remote_shutdown=False)) is None
+    assert exposure_warning(["0.0.0.0:5000"], ServerConfig(token="t", idle_timeout=60)) is None
+    assert exposure_warning(["0.0.0.0:5000"], ServerConfig(remote_shutdown=False, idle_timeout=60)) is None
     warning = exposure_warning(["192.0.2.1:5000"], ServerConfig())
-    assert warning is not None and "--token" in warning
+    assert warning is not None and "--token" in warning and "300 s" in warning
+    warning = exposure_warning(["0.0.0.0:5000"], ServerConfig(token="t", idle_timeout=0))
+    assert warning is not None and "never closed" in warning and "--token" not in warning
 
 
 async def test_shutdown_with_a_stuck_client_ends_at_the_grace_deadline(nursery: trio.Nursery) -> None:
@@ -289,18 +291,18 @@ async def test_shutdown_with_a_stuck_client_ends_at_the_grace_deadline(nursery: 
 
 
 async def test_refusals_are_logged_at_most_once_a_second(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+    nursery: trio.Nursery, mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = Server(ServerConfig(max_clients=1))
-    first = await memory_peer(nursery, server, "127.0.0.1:1")
-    assert (await first.line()).startswith(GREETING_PREFIX)
-    for n in range(50):
-        extra = await memory_peer(nursery, server, f"127.0.0.1:{n + 2}")
-        assert (await extra.line()).startswith(b"ERROR")
-    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == 1
-    await trio.sleep(1.5)
-    extra = await memory_peer(nursery, server, "127.0.0.1:99")
-    assert (await extra.line()).startswith(b"ERROR")
-    refusals = [r for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refusals) == 2 and "50 refused" in refusals[1].getMessage()
+    """Real sockets, frozen clock: time moves only when the test says."""
+    running = await start_server(nursery, max_clients=1)
+    async with running.peer():
+        for _ in range(50):
+            async with running.peer(greeted=False) as extra:
+                assert (await extra.line()).startswith(b"ERROR")
+        refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 1
+        mock_clock.jump(1.5)
+        async with running.peer(greeted=False) as extra:
+            assert (await extra.line()).startswith(b"ERROR")
+        refusals = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refusals) == 2 and "(50 since the last report)" in refusals[1].getMessage()

@@ -13,6 +13,7 @@ from eco_trio import protocol
 from eco_trio.protocol import (
     Close,
     Event,
+    ForeignProtocol,
     LineReader,
     ListClients,
     Reply,
@@ -35,10 +36,20 @@ def wire(events: list[Event]) -> bytes:
             case ListClients():
                 out += b"<LISTAR>\n"
             case Shutdown(token=token):
-                out += f"<DESCONEXION {token}>\n".encode()
+                out += b"<DESCONEXION " + (token or b"None") + b">\n"
+            case ForeignProtocol(name=name):
+                out += f"<{name}>".encode()
             case Close():
                 out += b"<CLOSE>"
     return out
+
+
+def receive(parser: ServerProtocol, data: bytes) -> list[Event]:
+    """Every event ``data`` completes, over as many turns as it takes."""
+    events = parser.receive_data(data)
+    while parser.has_backlog:
+        events += parser.next_events()
+    return events
 
 
 def feed(chunks: list[bytes], *, max_line: int = protocol.DEFAULT_MAX_LINE) -> bytes:
@@ -46,7 +57,7 @@ def feed(chunks: list[bytes], *, max_line: int = protocol.DEFAULT_MAX_LINE) -> b
     out = b""
     for chunk in chunks:
         if chunk:  # b"" would mean end of input
-            out += wire(parser.receive_data(chunk))
+            out += wire(receive(parser, chunk))
     return out
 
 
@@ -88,11 +99,31 @@ def test_listar_asks_the_server(word: str) -> None:
         ("desconexion", None),
         ("DESCONEXIÓN", None),
         ("desconexión", None),
-        (" DESCONEXION  MiToken ", "MiToken"),
+        ("DesconexióN", None),
+        (" DESCONEXION  MiToken ", b"MiToken"),
+        ("desconexion ñ€\t", "ñ€".encode()),
     ],
 )
-def test_desconexion_asks_the_server(line: str, token: str | None) -> None:
+def test_desconexion_asks_the_server(line: str, token: bytes | None) -> None:
     assert ServerProtocol().receive_data(f"{line}\n".encode()) == [Shutdown(token)]
+
+
+def test_a_token_may_be_any_bytes() -> None:
+    assert ServerProtocol().receive_data(b"DESCONEXION \xff\xfe\x80\n") == [Shutdown(b"\xff\xfe\x80")]
+
+
+@pytest.mark.parametrize(
+    ("line", "reply"),
+    [
+        ("deſconexion", "DESCONEXION"),  # long s: only Unicode case mapping makes it a command
+        ("lıstar", "LISTAR"),  # dotless i
+        ("ａｐａｇａｒ", "ＡＰＡＧＡＲ"),  # fullwidth letters
+        ("AYUDA\u00a0", "AYUDA\u00a0"),  # no-break space is not ASCII whitespace
+        ("ﬁn", "FIN"),
+    ],
+)
+def test_commands_are_ascii_words_so_look_alikes_are_ordinary_lines(line: str, reply: str) -> None:
+    assert feed([(line + "\n").encode()]) == (reply + "\n").encode()
 
 
 def test_ayuda_lists_the_commands() -> None:
@@ -138,18 +169,123 @@ def test_flush_answers_a_fragment_as_a_line() -> None:
     assert parser.flush_fragment() == []
 
 
-def test_flush_keeps_a_cut_utf8_character_for_the_next_line() -> None:
+@pytest.mark.parametrize(("character", "cut"), [("ñ", 1), ("€", 1), ("€", 2), ("𝄞", 1), ("𝄞", 2), ("𝄞", 3)])
+def test_a_character_cut_by_the_pause_is_kept_for_one_more_pause(character: str, cut: int) -> None:
+    encoded = character.encode()
     parser = ServerProtocol()
-    n_tilde = "ñ".encode()
-    parser.receive_data(b"a" + n_tilde[:1])
-    assert parser.flush_fragment() == [Reply(b"A\n")]
-    assert parser.receive_data(n_tilde[1:] + b"\n") == [Reply("Ñ\n".encode())]
+    parser.receive_data(b"a" + encoded[:cut])
+    assert parser.flush_fragment() == []  # the first pause waits
+    assert parser.receive_data(encoded[cut:] + b"\n") == [Reply(f"A{character.upper()}\n".encode())]
+    parser.receive_data(b"b" + encoded[:cut])  # held again: the allowance is per fragment
+    assert parser.flush_fragment() == []
+    assert parser.receive_data(encoded[cut:]) == []
+    assert parser.flush_fragment() == [Reply(f"B{character.upper()}\n".encode())]
+
+
+@pytest.mark.parametrize("cut_short", [b"\xc3", b"\xe2\x82", b"\xf0\x9d\x84"])
+def test_a_cut_character_that_never_completes_is_answered_at_the_next_pause(cut_short: bytes) -> None:
+    parser = ServerProtocol()
+    parser.receive_data(b"abc" + cut_short)
+    assert parser.flush_fragment() == []
+    assert parser.flush_fragment() == [Reply(protocol.encode_line(protocol.INVALID_UTF8))]
+    assert not parser.has_fragment
+    assert receive(parser, b"def\n") == [Reply(b"DEF\n")]
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        b"abc\xff",  # never valid in UTF-8
+        "café".encode("latin-1"),  # \xe9 followed by nothing: Latin-1, not a cut character
+        b"x\xff\xf6",  # telnet's Are You There
+        b"\xc0",  # overlong lead byte
+        b"\xe0\x80",  # overlong second byte
+        b"\xed\xa0",  # a surrogate
+        b"\xf4\x90",  # past U+10FFFF
+        b"\xf5",  # no such lead byte
+    ],
+)
+def test_bytes_that_cannot_start_a_character_are_not_held(fragment: bytes) -> None:
+    parser = ServerProtocol()
+    parser.receive_data(fragment)
+    expected = [Reply(protocol.encode_line(protocol.INVALID_UTF8))]
+    if fragment == "café".encode("latin-1"):
+        # \xe9 alone could start a 3-byte character: held for one pause only.
+        assert parser.flush_fragment() == []
+    assert parser.flush_fragment() == expected
+    assert receive(parser, b"def\n") == [Reply(b"DEF\n")]  # the next line is not spoilt
 
 
 def test_flush_of_a_fragment_command_runs_it() -> None:
     parser = ServerProtocol()
     parser.receive_data(b"apagar")
     assert parser.flush_fragment() == [Reply(FAREWELL), Close()]
+
+
+@pytest.mark.parametrize(
+    "opener",
+    [
+        b"POST / HTTP/1.1",
+        b"GET /index.html HTTP/1.0",
+        b"get / HTTP/1.1",
+        b"OPTIONS * HTTP/1.1",
+        b"PRI * HTTP/2.0",
+        b"Host: 127.0.0.1:5000",
+        b"host:example",
+        b"HOST: \xff",
+    ],
+)
+def test_an_http_line_closes_at_once_and_nothing_after_it_runs(opener: bytes) -> None:
+    data = b"hola\n" + opener + b"\r\nContent-Length: 13\r\n\r\n\nDESCONEXION\nLISTAR\n"
+    assert feed([data]) == b"HOLA\n<HTTP><CLOSE>"
+    assert feed([bytes([b]) for b in data]) == b"HOLA\n<HTTP><CLOSE>"
+
+
+@pytest.mark.parametrize(
+    "line", [b"GET / HTTP", b"GET /HTTP/1.1", b"hosting: yes", b"the host: me", b"GET  / HTTP/1.1 x"]
+)
+def test_lines_that_merely_mention_http_are_ordinary(line: bytes) -> None:
+    assert feed([line + b"\n"]) == line.upper() + b"\n"
+
+
+def test_a_tls_client_hello_closes_without_a_reply() -> None:
+    hello = bytes.fromhex("16030100f5010000f10303") + bytes(32) + b"\x00\x0a\xc0\x2b\n"
+    parser = ServerProtocol()
+    assert parser.receive_data(hello) == [ForeignProtocol("TLS"), Close()]
+    assert parser.receive_data(b"LISTAR\n") == []
+    # Only as the first bytes of a connection: later it is just bad input.
+    assert feed([b"hola\n", hello])[:5] == b"HOLA\n"
+
+
+def test_work_is_handed_out_in_bounded_turns() -> None:
+    parser = ServerProtocol()
+    events = parser.receive_data(b"AYUDA\n" * 10_000)
+    turns = [events]
+    while parser.has_backlog:
+        turns.append(parser.next_events())
+    help_line = protocol.encode_line(protocol.HELP)
+    assert b"".join(wire(turn) for turn in turns) == help_line * 10_000
+    for turn in turns:
+        assert len(wire(turn)) <= protocol.TURN_OUTPUT + len(help_line)
+    assert not parser._backlog  # released once answered
+
+
+def test_each_listar_is_a_turn_of_its_own() -> None:
+    parser = ServerProtocol()
+    assert parser.receive_data(b"a\nLISTAR\nLISTAR\nb\n") == [Reply(b"A\n"), ListClients()]
+    assert parser.next_events() == [ListClients()]
+    assert parser.next_events() == [Reply(b"B\n")]
+    assert not parser.has_backlog and parser.next_events() == []
+
+
+def test_many_cheap_lines_are_still_split_into_turns() -> None:
+    parser = ServerProtocol()
+    parser.receive_data(b"\xff\n" + b"\n" * 5000)
+    turns = 1
+    while parser.has_backlog:
+        parser.next_events()
+        turns += 1
+    assert turns == -(-5001 // protocol.TURN_LINES)
 
 
 def test_end_of_input_answers_the_fragment_then_closes() -> None:
@@ -231,7 +367,7 @@ def slow_reference(lines: list[bytes]) -> bytes:
     out = b""
     parser = ServerProtocol(LIMIT)
     for line in lines:
-        out += wire(parser.receive_data(line))
+        out += wire(receive(parser, line))
     return out
 
 
@@ -247,6 +383,9 @@ def test_fast_batches_match_line_by_line(lines: list[bytes], cuts: list[int]) ->
     assert feed(chunks, max_line=LIMIT) == slow_reference(lines)
 
 
+SHUTDOWN_WORDS = ([b"DESCONEXION"], ["DESCONEXIÓN".encode()], ["DESCONEXIóN".encode()])
+
+
 def reference(data: bytes) -> bytes:
     """An independent model of the protocol, line by line, for the property test."""
     out = []
@@ -256,26 +395,31 @@ def reference(data: bytes) -> bytes:
         if len(raw) > LIMIT:
             out.append(b"<TOO LONG>\n")
             break
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError:
-            out.append(b"<INVALID>\n")
-            continue
-        words = text.upper().split()
-        if words == ["APAGAR"]:
+        # Commands: ASCII words in any ASCII case (bytes.upper is ASCII-only).
+        words = raw.upper().split()
+        if words == [b"APAGAR"]:
             out.append(b"<FAREWELL>\n")
             break
-        if words == ["LISTAR"]:
+        if words == [b"LISTAR"]:
             out.append(b"<LISTAR>\n")
-        elif words[:1] in (["DESCONEXION"], ["DESCONEXIÓN"]) and len(words) <= 2:
-            token = text.split()[1] if len(words) == 2 else None
-            out.append(f"<DESCONEXION {token}>\n".encode())
-        elif words == ["AYUDA"]:
+        elif (
+            words[:1] in ([b"DESCONEXION"], ["DESCONEXIÓN".encode()], ["DESCONEXIóN".encode()])
+            and len(words) <= 2
+        ):
+            token = raw.split()[1] if len(words) == 2 else b"None"
+            out.append(b"<DESCONEXION " + token + b">\n")
+        elif words == [b"AYUDA"]:
             out.append(protocol.encode_line(protocol.HELP))
-        elif words == ["HOLA", "SERVIDOR"]:
+        elif words == [b"HOLA", b"SERVIDOR"]:
             out.append(b"HOLA CLIENTE\n")
+        elif raw.lower().startswith(b"host:") or raw.startswith(b"GET / HTTP/1.1"):
+            out.append(b"<HTTP>")
+            break
         else:
-            out.append((text.upper() + "\n").encode())
+            try:
+                out.append((raw.decode().upper() + "\n").encode())
+            except UnicodeDecodeError:
+                out.append(b"<INVALID>\n")
     return b"".join(out)
 
 
@@ -290,7 +434,20 @@ binary_lines = st.lists(
     st.one_of(
         st.binary(max_size=80),
         line_text.map(str.encode),
-        st.sampled_from([b"apagar", b"x" * LIMIT + b"\r", b"\xc3", b"\xf0\x9d\x84", b"DESCONEXION t"]),
+        st.sampled_from(
+            [
+                b"apagar",
+                b"x" * LIMIT + b"\r",
+                b"\xc3",
+                b"\xf0\x9d\x84",
+                b"DESCONEXION t",
+                b"desconexi\xc3\xb3n \xff",
+                b"GET / HTTP/1.1",
+                b"Host: x",
+                b"AYUDA\n" * 40,
+                b"\n" * 1500,
+            ]
+        ),
     ),
     max_size=10,
 ).map(lambda parts: b"\n".join(parts))
@@ -304,8 +461,9 @@ def test_any_bytes_in_any_chunking_match_the_reference_and_stay_bounded(data: by
     out = b""
     for a, b in zip([0, *positions], [*positions, len(data)], strict=True):
         if a < b:
-            out += wire(parser.receive_data(data[a:b]))
+            out += wire(receive(parser, data[a:b]))
         assert len(parser._buffer) <= LIMIT + 1
+        assert not parser._backlog
     end = parser.receive_data(b"")
     out += wire(end)
     assert out.endswith(b"<CLOSE>")

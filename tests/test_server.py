@@ -80,15 +80,26 @@ async def test_pause_restarts_with_every_byte(
     assert trio.current_time() - start == pytest.approx(0.15 + 0.1)  # last byte + pause
 
 
-async def test_split_character_comes_out_whole(
+async def test_a_character_cut_by_a_pause_comes_out_whole(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     peer = await greeted(nursery, Server())
     encoded = "año\n".encode()
     await peer.send(encoded[:2])
-    await trio.sleep(1)  # long past the pause: "A" is answered, the half "ñ" kept
+    await trio.sleep(0.15)  # one pause (0.1 s) has passed: the cut "ñ" waits for one more
     await peer.send(encoded[2:])
-    assert await peer.lines(2) == [b"A", "ÑO".encode()]
+    assert await peer.line() == "AÑO".encode()
+
+
+async def test_a_cut_character_is_held_only_until_the_next_pause(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    peer = await greeted(nursery, Server())
+    start = trio.current_time()
+    await peer.send(b"abc\xc3")
+    assert await peer.line() == protocol.encode_line(protocol.INVALID_UTF8)[:-1]
+    assert trio.current_time() - start == pytest.approx(0.2)  # two pauses
+    assert await peer.request(b"def") == b"DEF"
 
 
 async def test_listar_shows_the_requester(nursery: trio.Nursery) -> None:
