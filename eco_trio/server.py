@@ -153,9 +153,7 @@ class Server:
         config = self.config
         listeners = await open_listeners(config.host, config.port, config.backlog)
         addresses = [format_address(sock.getsockname()) for sock in listeners]
-        beyond_loopback = not all(_is_loopback(address) for address in addresses)
-        if config.idle_timeout is None and beyond_loopback:
-            self.idle_timeout = REMOTE_IDLE_TIMEOUT
+        self.idle_timeout = idle_timeout_in_force(config, addresses)
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
         # The reactor outlives every connection; the cancel scope is the shared one.
@@ -329,6 +327,14 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
             sock.close()
         raise
     return listeners
+
+
+def idle_timeout_in_force(config: ServerConfig, addresses: list[str]) -> float | None:
+    """The idle timeout for a server bound to ``addresses`` (None: never)."""
+    if config.idle_timeout is None:
+        on_loopback = all(_is_loopback(address) for address in addresses)
+        return None if on_loopback else REMOTE_IDLE_TIMEOUT
+    return config.idle_timeout or None
 
 
 def exposure_warning(addresses: list[str], config: ServerConfig) -> str | None:

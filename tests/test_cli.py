@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -34,11 +35,21 @@ def eco(*args: str) -> list[str]:
     return [sys.executable, "-m", "eco_trio", *args]
 
 
+#: Runs eco_trio with a lower open-files limit: argv[1] is the limit.
+_WITH_FILE_LIMIT = (
+    "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'eco_trio', *sys.argv[2:]])"
+)
+
+
 @contextmanager
-def server_process(*args: str) -> Iterator[ServerProcess]:
+def server_process(*args: str, file_limit: int | None = None) -> Iterator[ServerProcess]:
     """``python -m eco_trio servidor --port 0`` until it says where it listens."""
+    command = eco("servidor", "--host", "127.0.0.1", "--port", "0", *args)
+    if file_limit is not None:
+        command = [sys.executable, "-c", _WITH_FILE_LIMIT, str(file_limit), *command[3:]]
     process = subprocess.Popen(
-        eco("servidor", "--host", "127.0.0.1", "--port", "0", *args),
+        command,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -123,7 +134,7 @@ def test_desconexion_stops_the_server_with_status_0() -> None:
         assert server.process.wait(TIMEOUT) == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signals_notify_clients_and_exit_0_with_the_port_free(signum: int) -> None:
     with server_process() as server:
         with (
@@ -184,6 +195,9 @@ def test_port_in_use_is_one_clear_line() -> None:
         ["servidor", "--port", "abc"],
         ["servidor", "--port", "70000"],
         ["servidor", "--grace", "-1"],
+        ["servidor", "--idle-timeout", "-1"],
+        ["servidor", "--token", "dos palabras"],
+        ["servidor", "--token", ""],
         ["bogus"],
     ],
 )
@@ -250,6 +264,59 @@ def test_token_from_the_environment_guards_desconexion(monkeypatch: pytest.Monke
         assert accepted.stdout == "DESCONEXION: apagando el servidor.\n"
         assert server.process.wait(TIMEOUT) == 0
     assert not any("s3creto" in line for line in server.log)
+
+
+def test_a_token_that_is_not_utf8_works_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(os.environb, b"ECO_TRIO_TOKEN", b"\xff\xfe-clave")
+    with server_process() as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            stream = sock.makefile("rb")
+            assert stream.readline().startswith(b"BIENVENIDO")
+            for wrong in (b"DESCONEXION \xff\n", "DESCONEXION ÿþ-clave\n".encode(), b"DESCONEXION\n"):
+                sock.sendall(wrong)
+                assert stream.readline().startswith(b"ERROR DESCONEXION requiere")
+            sock.sendall(b"DESCONEXION \xff\xfe-clave\n")
+            assert stream.readline() == b"DESCONEXION: apagando el servidor.\n"
+        assert server.process.wait(TIMEOUT) == 0
+    assert not any("Traceback" in line for line in server.log)
+
+
+def test_a_low_open_files_limit_lowers_max_clients_and_every_client_hears_back() -> None:
+    with server_process("--log-level", "INFO", file_limit=128) as server:
+        assert any("--max-clients lowered from 1000 to 96" in line for line in server.log)
+        socks = []
+        try:
+            for _ in range(150):
+                socks.append(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT))
+            first_lines = [sock.makefile("rb").readline() for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+    assert [line[:10] for line in first_lines] == [b"BIENVENIDO"] * 96 + [b"ERROR dema"] * 54
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_cannot_shut_the_server_down() -> None:
+    """What a web page in a local browser can do: a plain-text POST."""
+    with server_process() as server:
+        result = subprocess.run(
+            [
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                "--data-binary",
+                "\nDESCONEXION\n",
+                f"http://127.0.0.1:{server.port}/",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert result.returncode != 0 and result.stdout == ""  # closed without a reply
+        assert client(server.port, "hola").stdout == "HOLA\n"  # still up
+        assert server.process.poll() is None
+        assert any("WARNING" in line and "spoke HTTP" in line for line in server.log)
 
 
 def test_second_ctrl_c_stops_at_once() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from collections.abc import Iterator
 
@@ -11,6 +12,8 @@ import trio.testing
 
 from eco_trio.reactor import Reactor
 from eco_trio.socket_stream import SendTimeout, SocketStream
+
+from .helpers import WAIT
 
 
 class CheckpointingStream(SocketStream):
@@ -201,3 +204,71 @@ async def test_a_cancelled_receive_keeps_the_pending_edge(reactor: Reactor) -> N
         assert await stream.receive_some() == b"hola"
     await stream.aclose()
     b.close()
+
+
+# --- closing from another task ------------------------------------------------------
+
+
+async def _read_until_closed(stream: SocketStream, outcome: dict[SocketStream, str]) -> None:
+    try:
+        while await stream.receive_some(65536):
+            pass
+        outcome[stream] = "eof"
+    except trio.ClosedResourceError:
+        outcome[stream] = "closed"
+
+
+async def _send_that_has_to_wait(stream: SocketStream, peer: socket.socket) -> None:
+    """A send_all that fills the buffers and waits for the peer to drain
+    them, so the stream goes through its waiting send path."""
+    peer.setblocking(False)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.send_all, b"w" * (4 << 20))
+        received = 0
+        while received < 4 << 20:
+            await trio.lowlevel.wait_readable(peer)
+            received += len(peer.recv(1 << 20))
+
+
+@pytest.mark.parametrize("seed", range(60))
+async def test_close_from_another_task_wakes_the_reader_and_a_reused_fd_works(
+    reactor: Reactor, seed: int
+) -> None:
+    """trio's Stream contract: closing a stream wakes a task blocked in
+    receive_some with ClosedResourceError.  Randomized over the states a
+    reader can be in (leader, follower, after a send that waited), with the
+    fd number reused by a new socket right after each close: the new one
+    must neither be refused as busy nor lose its first data."""
+    rng = random.Random(seed)
+    outcome: dict[SocketStream, str] = {}
+    pairs = [socket.socketpair() for _ in range(rng.randint(1, 5))]
+    streams = [SocketStream(a, reactor) for a, _ in pairs]
+    with trio.fail_after(WAIT):
+        async with trio.open_nursery() as nursery:
+            for stream in streams:
+                nursery.start_soon(_read_until_closed, stream, outcome)
+            await trio.testing.wait_all_tasks_blocked()
+            for stream, (_, peer) in zip(streams, pairs, strict=True):
+                if rng.random() < 0.5:
+                    await _send_that_has_to_wait(stream, peer)
+            await trio.testing.wait_all_tasks_blocked()
+            doomed = rng.sample(streams, rng.randint(1, len(streams)))
+            for stream in doomed:
+                fd = stream.socket.fileno()
+                stream.close()
+                for _ in range(rng.randint(0, 2)):
+                    await trio.lowlevel.checkpoint()
+                new, new_peer = socket.socketpair()
+                if new.fileno() != fd and new_peer.fileno() == fd:
+                    new, new_peer = new_peer, new  # reuse the number on our side
+                fresh = SocketStream(new, reactor)
+                new_peer.send(b"first")
+                assert await fresh.receive_some(100) == b"first"
+                fresh.close()
+                new_peer.close()
+            await trio.testing.wait_all_tasks_blocked()
+            assert {outcome.get(stream) for stream in doomed} == {"closed"}
+            for stream in streams:
+                stream.close()
+    for _, peer in pairs:
+        peer.close()
