@@ -20,7 +20,7 @@ import trio
 from . import protocol
 from .protocol import Close, Event, ForeignProtocol, ListClients, Reply, ServerProtocol, Shutdown
 from .registry import ClientEntry, listing_rows
-from .socket_stream import SocketStream
+from .socket_stream import SendTimeout, SocketStream
 
 if TYPE_CHECKING:
     from .server import Server
@@ -59,6 +59,10 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
     linger = True
     try:
         linger = await _converse(server, stream, entry)
+    except SendTimeout as exc:
+        # The output bound at work: this client stopped taking its replies.
+        log.info("%s: closed: %s", entry.address, exc)
+        linger = False
     except trio.BrokenResourceError as exc:
         log.debug("%s: connection broken: %s", entry.address, exc)
         linger = False
@@ -111,11 +115,13 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                         await send_all(events[0].data)  # the common case, without a call
                     elif (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
                         return end
-                    if (
-                        parser.has_backlog
-                        and (end := await _work_off(server, stream, entry, parser)) is not None
-                    ):
-                        return end
+                    if parser.has_backlog:
+                        # The parser holds what is left to answer: drop our
+                        # references to the read and the first turn's replies
+                        # while a client that does not read keeps us waiting.
+                        data, events = b"", []
+                        if (end := await _work_off(server, stream, entry, parser)) is not None:
+                            return end
                 # While it waits for the next read, an idle connection must
                 # not keep its last batch (the read, the reply) alive.
                 del data, events

@@ -144,7 +144,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 except OSError as exc:
                     raise self._translate(exc, closed=self._send_closed) from exc
                 continue
-            raise SendTimeout(f"peer took no data for {self._send_timeout} s")
+            raise SendTimeout(f"took none of our data for {self._send_timeout:g} s (--send-timeout)")
 
     @staticmethod
     def _translate(exc: OSError, *, closed: bool) -> trio.ClosedResourceError | trio.BrokenResourceError:
