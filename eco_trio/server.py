@@ -111,7 +111,8 @@ class Server:
             f"ERROR demasiados clientes (máximo {self.config.max_clients}); inténtalo más tarde."
         )
         self._refusals = _Throttled(logging.WARNING)
-        self._accept_errors = _Throttled(logging.ERROR)
+        self._skipped_accepts = _Throttled(logging.WARNING)
+        self._failed_accepts = _Throttled(logging.ERROR)
 
     @property
     def shutting_down(self) -> bool:
@@ -204,9 +205,9 @@ class Server:
                     break
                 except OSError as exc:
                     if exc.errno in _CONNECTION_ACCEPT_ERRORS:
-                        self._accept_errors.note("a connection failed as it was accepted: %s", exc)
+                        self._skipped_accepts.note("a connection failed as it was accepted: %s", exc)
                         continue
-                    self._accept_errors.note("accept failed: %s; retrying every %g s", exc, _ACCEPT_BACKOFF)
+                    self._failed_accepts.note("accept failed: %s; retrying every %g s", exc, _ACCEPT_BACKOFF)
                     await trio.sleep(_ACCEPT_BACKOFF)
                     continue
                 address = format_address(peer)
