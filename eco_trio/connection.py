@@ -193,12 +193,8 @@ async def _answer(
                     await stream.send_all(b"".join(out))
                     return True
             case ForeignProtocol(name=name):
-                log.warning(
-                    "%s: closed: it spoke %s to this line server (%s)",
-                    entry.address,
-                    name,
-                    _FOREIGN_HINTS.get(name, "a client of another protocol"),
-                )
+                level, hint = _FOREIGN.get(name, (logging.WARNING, "a client of another protocol"))
+                log.log(level, "%s: closed: it spoke %s to this line server (%s)", entry.address, name, hint)
                 entry.closing = True
                 if out:
                     await stream.send_all(b"".join(out))
@@ -213,9 +209,12 @@ async def _answer(
     return None
 
 
-_FOREIGN_HINTS = {
-    "HTTP": "a web page or HTTP client; a browser page could otherwise send DESCONEXION",
-    "TLS": "a TLS client on the plain-text port",
+#: How each foreign protocol is logged: HTTP is how a web page would attack
+#: a loopback server (a WARNING, as Redis does); TLS here is a client set up
+#: for another port.
+_FOREIGN = {
+    "HTTP": (logging.WARNING, "a web page or HTTP client; a browser page could otherwise send DESCONEXION"),
+    "TLS": (logging.INFO, "a TLS client on the plain-text port"),
 }
 
 

@@ -283,6 +283,7 @@ async def test_an_http_request_is_closed_unanswered_and_logged(
 async def test_a_tls_client_on_the_plain_port_gets_a_clean_close(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, "eco_trio.server")
     running = await start_server(nursery)
 
     def handshake() -> None:
