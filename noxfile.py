@@ -3,6 +3,8 @@ runs nox (no pinned Python versions, so CI never lacks one)."""
 
 from __future__ import annotations
 
+import select
+
 import nox
 
 nox.options.sessions = ["tests", "lint", "typecheck"]
@@ -14,10 +16,14 @@ MYPY = "mypy==2.4.1"
 
 
 @nox.session
-def tests(session: nox.Session) -> None:
-    """pytest-trio over the whole suite (warnings are errors)."""
+@nox.parametrize("io", ["epoll", "portable"])
+def tests(session: nox.Session, io: str) -> None:
+    """pytest-trio over the whole suite (warnings are errors), once per I/O
+    path: every server the tests start runs on ``io`` (ECO_TRIO_IO)."""
+    if io == "epoll" and not hasattr(select, "epoll"):
+        session.skip("the epoll I/O path needs Linux; the portable run covers this platform")
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    session.run("pytest", *session.posargs, env={"ECO_TRIO_IO": io})
 
 
 @nox.session

@@ -21,6 +21,7 @@ from . import __version__, open_files
 from .bench import MODES, BenchConfig, format_result, run_bench
 from .client import DEFAULT_CLOSE_WAIT, Client, ConnectionClosed, SessionEnd, run_messages, run_session
 from .protocol import DEFAULT_MAX_LINE
+from .readiness import IO_PATHS
 from .server import REMOTE_IDLE_TIMEOUT, Server, ServerConfig
 from .terminal import Console, piped_lines, print_line, terminal_restored
 
@@ -142,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
         "unset: DESCONEXION only from loopback)",
     )
     server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
+    server.add_argument(
+        "--io",
+        choices=IO_PATHS,
+        default="auto",
+        help="I/O path: epoll is the Linux fast path, portable runs wherever trio does; auto picks "
+        "$ECO_TRIO_IO if set, else epoll where it exists (default: %(default)s)",
+    )
     server.add_argument(
         "--log-level",
         default="INFO",
@@ -271,6 +279,7 @@ def run_server(args: argparse.Namespace) -> int:
             send_timeout=args.send_timeout,
             token=token,
             remote_shutdown=not args.no_remote_shutdown,
+            io=args.io,
         )
     except ValueError as exc:
         print(f"eco_trio servidor: error: {exc}", file=sys.stderr)
@@ -421,6 +430,13 @@ def run_benchmark(args: argparse.Namespace) -> int:
         print(f"eco_trio bench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.cpu is not None:
+        if not hasattr(os, "sched_setaffinity"):
+            print(
+                "eco_trio bench: error: --cpu needs CPU affinity, which this platform does not offer "
+                "(Linux has it); leave it out",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         try:
             os.sched_setaffinity(0, {args.cpu})
         except (OSError, ValueError) as exc:

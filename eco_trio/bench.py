@@ -7,8 +7,9 @@ with the line uppercased (eco_trio, or the reference servers in benchmarks/).
 
 It does not use trio: a load generator must cost less than the server it
 measures, so this is one thread driving non-blocking sockets from an epoll
-loop, and pipelined replies are verified a whole read at a time (one bytes
-comparison per batch, not one per line).  It measures its own CPU time and
+loop (a ``selectors`` loop where there is no epoll), and pipelined replies
+are verified a whole read at a time (one bytes comparison per batch, not one
+per line).  It measures its own CPU time and
 says when it, not the server, was the bottleneck.
 
 Request lines are unique per connection within a window of 4096 lines (the
@@ -20,14 +21,15 @@ connection are all mismatches.
 from __future__ import annotations
 
 import errno
-import resource
 import select
+import selectors
 import socket
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 MODES = ("pingpong", "pipeline", "connect", "hold")
 _WINDOW = 4096  # distinct sequence numbers per connection
@@ -105,13 +107,59 @@ class _Conn:
         return batch
 
 
+class _Poller(Protocol):
+    """The part of ``select.epoll`` the loop uses: read interest only."""
+
+    def register(self, fd: int) -> None: ...
+    def unregister(self, fd: int) -> None: ...
+    def poll(self, timeout: float) -> list[tuple[int, int]]: ...
+    def close(self) -> None: ...
+
+
+class _EpollPoller:
+    """Linux: epoll itself, its poll bound directly (no wrapper per call)."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self.poll = self._epoll.poll
+        self.unregister = self._epoll.unregister
+        self.close = self._epoll.close
+
+    def register(self, fd: int) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+
+
+class _SelectorPoller:
+    """Everywhere else: the best selector the platform has (kqueue, poll,
+    select), shaped like epoll."""
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+
+    def register(self, fd: int) -> None:
+        self._selector.register(fd, selectors.EVENT_READ)
+
+    def unregister(self, fd: int) -> None:
+        self._selector.unregister(fd)
+
+    def poll(self, timeout: float) -> list[tuple[int, int]]:
+        return [(key.fd, events) for key, events in self._selector.select(timeout)]
+
+    def close(self) -> None:
+        self._selector.close()
+
+
+def _poller() -> _Poller:
+    return _EpollPoller() if hasattr(select, "epoll") else _SelectorPoller()
+
+
 class _Run:
-    """One benchmark run: the epoll loop and its tallies."""
+    """One benchmark run: the poll loop and its tallies."""
 
     def __init__(self, config: BenchConfig, progress: Callable[[float, int], None] | None) -> None:
         self.config = config
         self.progress = progress
-        self.epoll = select.epoll()
+        self.epoll = _poller()
         self.conns: dict[int, _Conn] = {}
         self.latencies: list[float] = []
         self.replies = 0
@@ -146,7 +194,7 @@ class _Run:
         self.slot += 1
         conn.started = started
         self.conns[sock.fileno()] = conn
-        self.epoll.register(sock.fileno(), select.EPOLLIN)
+        self.epoll.register(sock.fileno())
         return conn
 
     def close(self, conn: _Conn) -> None:
@@ -404,8 +452,7 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return time.process_time()  # user + system, on every platform
 
 
 def _rss_mib(pid: int | None) -> float | None:
@@ -422,6 +469,10 @@ def _rss_mib(pid: int | None) -> float | None:
 
 
 def _raise_open_files_limit(needed: int) -> None:
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows has no such limit
+        return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)

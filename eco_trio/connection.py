@@ -20,7 +20,7 @@ import trio
 from . import protocol
 from .protocol import Close, Event, ForeignProtocol, ListClients, Reply, ServerProtocol, Shutdown
 from .registry import ClientEntry, listing_rows
-from .socket_stream import SendTimeout, SocketStream
+from .socket_stream import SendTimeout, close_at_once
 
 if TYPE_CHECKING:
     from .server import Server
@@ -76,7 +76,7 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
         if linger:
             await _close_gracefully(stream)
         else:
-            await _close_now(stream)
+            await close_at_once(stream)
 
 
 async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> bool:
@@ -251,12 +251,4 @@ async def _close_gracefully(stream: trio.abc.HalfCloseableStream) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        await _close_now(stream)
-
-
-async def _close_now(stream: trio.abc.HalfCloseableStream) -> None:
-    if isinstance(stream, SocketStream):
-        stream.close()  # our sockets close synchronously: no scope, no yield
-        return
-    with trio.CancelScope(shield=True):
-        await trio.aclose_forcefully(stream)
+        await close_at_once(stream)

@@ -20,10 +20,9 @@ serves them all.
 
 Edge-triggered means "new data arrived", not "data is there".  The contract
 that keeps that safe lives in :class:`~eco_trio.socket_stream.SocketStream`:
-it only waits after a read found the socket drained (``EAGAIN``, or a read
-shorter than asked for, unless the peer has hung up: its close may have come
-in the same edge as its last data), and an edge that arrives while nobody
-waits is kept as *pending* so the next wait returns at once.
+it only waits after ``recv`` found the socket drained (``EAGAIN``), and an
+edge that arrives while nobody waits is kept as *pending* so the next wait
+returns at once (at worst a stale edge costs one more ``recv``).
 
 Only readability goes through here; the rare wait for a full send buffer to
 drain uses trio's ``wait_writable`` directly.
@@ -48,11 +47,14 @@ from trio.lowlevel import (
     wait_task_rescheduled,
 )
 
-_READ_EVENTS = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
-#: Events after which no further edge is guaranteed: the peer closed (data
-#: and the close can arrive as one edge) or the socket failed.  A reader that
-#: saw one must keep reading until recv says so, never wait again.
-HANGUP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+# This is the Linux fast path: eco_trio.readiness builds a Reactor only
+# where select.epoll exists.  The module itself imports anywhere (the
+# constants are 0 without epoll), so nothing fails at import time.
+_EPOLLIN, _EPOLLRDHUP, _EPOLLHUP, _EPOLLERR, _EPOLLET = (
+    getattr(select, name, 0) for name in ("EPOLLIN", "EPOLLRDHUP", "EPOLLHUP", "EPOLLERR", "EPOLLET")
+)
+#: Data, the peer's close and errors all wake a reader.
+_READ_EVENTS = _EPOLLIN | _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
 _MAX_EVENTS = 1024
 _LEAD = -1  # what a follower is woken with when it is promoted to leader
 #: The leader's socket was closed under it: no fd number, so a new socket
@@ -92,7 +94,7 @@ class Reactor:
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._wake_reader.setblocking(False)
         self._wake_writer.setblocking(False)
-        self._epoll.register(self._wake_reader.fileno(), select.EPOLLIN)
+        self._epoll.register(self._wake_reader.fileno(), _EPOLLIN)
 
     def __enter__(self) -> Reactor:
         return self
@@ -111,7 +113,7 @@ class Reactor:
         self._wake_writer.close()
 
     def register(self, sock: socket.socket) -> None:
-        self._epoll.register(sock.fileno(), _READ_EVENTS | select.EPOLLET)
+        self._epoll.register(sock.fileno(), _READ_EVENTS | _EPOLLET)
 
     def forget(self, fd: int) -> None:
         """``fd`` is about to be closed (no task waits on it)."""
@@ -144,8 +146,8 @@ class Reactor:
 
     async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> int:
         """Until ``fd`` gets new data (or EOF, or an error); returns the epoll
-        events seen (see :data:`HANGUP`).  Always a checkpoint.  ``abort`` is
-        :meth:`aborter` of ``fd``."""
+        events seen.  Always a checkpoint.  ``abort`` is :meth:`aborter` of
+        ``fd``."""
         events = self._pending.pop(fd, 0)
         if events:
             try:

@@ -23,7 +23,7 @@ import trio
 
 from . import protocol
 from .connection import serve_connection
-from .reactor import Reactor
+from .readiness import Readiness, io_path, open_readiness
 from .registry import ClientEntry, Registry, format_address
 from .socket_stream import SocketStream
 
@@ -77,6 +77,9 @@ class ServerConfig:
     token: bytes | str | None = None
     remote_shutdown: bool = True
     backlog: int = 1024
+    #: The I/O path: "auto" ($ECO_TRIO_IO, else epoll where it exists),
+    #: "epoll" (Linux) or "portable" (trio's own I/O, everywhere).
+    io: str = "auto"
 
     def __post_init__(self) -> None:
         positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
@@ -93,6 +96,7 @@ class ServerConfig:
             raise ValueError("max_line and max_clients must be at least 1")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}")
+        io_path(self.io)  # an unknown or unavailable path is refused here, not mid-start
 
 
 class Server:
@@ -157,13 +161,13 @@ class Server:
         self.idle_timeout = idle_timeout_in_force(config, addresses)
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
-        # The reactor outlives every connection; the cancel scope is the shared one.
-        with Reactor() as reactor, trio.CancelScope() as connections_scope:
+        # The I/O path outlives every connection; the cancel scope is the shared one.
+        with open_readiness(config.io) as readiness, trio.CancelScope() as connections_scope:
             async with trio.open_nursery() as connections:
                 try:
                     async with trio.open_nursery() as acceptors:
                         for sock in listeners:
-                            acceptors.start_soon(self._accept_loop, sock, connections, reactor)
+                            acceptors.start_soon(self._accept_loop, sock, connections, readiness)
                         for address in addresses:
                             log.info("listening on %s", address)
                         task_status.started(addresses)
@@ -171,7 +175,7 @@ class Server:
                         acceptors.cancel_scope.cancel()
                 finally:
                     for sock in listeners:
-                        reactor.forget(sock.fileno())
+                        readiness.forget(sock.fileno())
                         sock.close()
                 clients = len(self.registry)
                 log.info("shutting down: notifying %d clients (grace %g s)", clients, config.grace)
@@ -182,9 +186,9 @@ class Server:
         log.info("server stopped")
 
     async def _accept_loop(
-        self, listener: socket.socket, connections: trio.Nursery, reactor: Reactor
+        self, listener: socket.socket, connections: trio.Nursery, readiness: Readiness
     ) -> None:
-        """Accept until the backlog is empty (the reactor is edge-triggered:
+        """Accept until the backlog is empty (the fast path is edge-triggered:
         only new connections bring a new edge), then wait.
 
         Admission is decided here, in the kernel's accept order, before any
@@ -193,10 +197,10 @@ class Server:
         """
         send_timeout, registry = self.config.send_timeout, self.registry
         fd = listener.fileno()
-        reactor.register(listener)
-        abort = reactor.aborter(fd)
+        readiness.register(listener)
+        abort = readiness.aborter(fd)
         while True:
-            await reactor.wait_readable(fd, abort)
+            await readiness.wait_readable(fd, abort)
             accepted = 0
             while True:
                 try:
@@ -220,7 +224,7 @@ class Server:
                 else:
                     if not _OPTIONS_INHERITED:
                         _tune(sock)
-                    stream = SocketStream(sock, reactor, send_timeout=send_timeout)
+                    stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(serve_connection, self, stream, entry)
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
@@ -310,7 +314,11 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
                 sockaddr = (sockaddr[0], shared, *sockaddr[2:])
             sock = socket.socket(family, type_, proto)
             listeners.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if sys.platform != "win32":
+                # Restart at once on a port in TIME_WAIT.  On Windows the same
+                # option lets another process steal a port in use (as trio's
+                # open_tcp_listeners notes), and immediate reuse is the default.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:

@@ -4,12 +4,12 @@ The prompt runs ``input()`` in a worker thread, so the terminal stays in
 blocking mode (no ``O_NONBLOCK`` left behind on a shared tty) and readline
 gives line editing and history.  Server lines that arrive meanwhile are
 printed above the prompt, which is then redrawn with what the user has typed
-so far.
+so far.  Where there is no readline or termios (Windows), the prompt is
+plain ``input()`` and the terminal needs no restoring.
 """
 
 from __future__ import annotations
 
-import termios
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
@@ -20,6 +20,10 @@ try:
     import readline
 except ImportError:  # pragma: no cover - platforms without GNU readline
     readline = None  # type: ignore[assignment]
+try:
+    import termios
+except ImportError:  # pragma: no cover - Windows
+    termios = None  # type: ignore[assignment]
 
 PROMPT = "eco> "
 
@@ -87,6 +91,9 @@ class Console:
 def terminal_restored(stream: TextIO) -> Iterator[None]:
     """Put the terminal back as it was, even if we leave while readline,
     in its worker thread, still has it in character-at-a-time mode."""
+    if termios is None:
+        yield
+        return
     try:
         saved = termios.tcgetattr(stream)
     except (termios.error, ValueError):

@@ -1,7 +1,7 @@
-"""The fast path (edge-triggered reactor, lean socket stream, batched
-replies) against the plain path (memory streams, the protocol fed one
-line at a time): the same input, in any chunking, must give byte-identical
-output."""
+"""Both I/O paths (the epoll reactor, and trio's own wait_readable), under
+the lean socket stream and batched replies, against the plain path (memory
+streams, the protocol fed one line at a time): the same input, in any
+chunking, must give byte-identical output."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eco_trio.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, _command
+from eco_trio.readiness import EPOLL_AVAILABLE
 from eco_trio.server import Server, ServerConfig
 
 from .helpers import Peer, memory_peer, start_server
@@ -34,6 +35,9 @@ def needs_no_server_state(text: str) -> bool:
 inputs = (
     st.lists(pieces, min_size=1, max_size=20).map("\n".join).filter(needs_no_server_state).map(str.encode)
 )
+
+
+IO_PATHS = ["epoll", "portable"] if EPOLL_AVAILABLE else ["portable"]
 
 
 def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -74,12 +78,15 @@ async def conversation(peer: Peer, chunks: list[bytes]) -> bytes:
 @given(data=inputs, cuts=st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
 async def test_socket_and_memory_paths_give_identical_bytes(data: bytes, cuts: list[int]) -> None:
     chunks = chunked(data, cuts)
+    over_sockets = []
     async with trio.open_nursery() as nursery:
-        # No pause flushes: chunk timing on a real socket must not matter here.
-        running = await start_server(nursery, pause=3600)
-        async with await trio.open_tcp_stream("127.0.0.1", running.port) as stream:
-            over_socket = await conversation(Peer(stream), chunks)
+        for io in IO_PATHS:
+            # No pause flushes: chunk timing on a real socket must not matter here.
+            running = await start_server(nursery, pause=3600, io=io)
+            async with await trio.open_tcp_stream("127.0.0.1", running.port) as stream:
+                over_sockets.append(await conversation(Peer(stream), chunks))
         peer = await memory_peer(nursery, Server(ServerConfig(pause=3600)))
         over_memory = await conversation(peer, chunks)
         nursery.cancel_scope.cancel()
-    assert over_socket == over_memory == line_by_line(data)
+    for over_socket in over_sockets:
+        assert over_socket == over_memory == line_by_line(data)

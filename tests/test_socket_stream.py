@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio.reactor import Reactor
+from eco_trio.readiness import EPOLL_AVAILABLE, Readiness, open_readiness
 from eco_trio.socket_stream import SendTimeout, SocketStream
 
 from .helpers import WAIT
@@ -27,14 +27,17 @@ class CheckpointingStream(SocketStream):
         await trio.lowlevel.cancel_shielded_checkpoint()
 
 
-@pytest.fixture
-def reactor() -> Iterator[Reactor]:
-    with Reactor() as reactor:
-        yield reactor
+@pytest.fixture(params=["epoll", "portable"])
+def reactor(request: pytest.FixtureRequest) -> Iterator[Readiness]:
+    """Every stream test runs over both I/O paths."""
+    if request.param == "epoll" and not EPOLL_AVAILABLE:
+        pytest.skip("the epoll path needs Linux")
+    with open_readiness(request.param) as readiness:
+        yield readiness
 
 
 def make_pair(
-    reactor: Reactor, cls: type[SocketStream] = CheckpointingStream
+    reactor: Readiness, cls: type[SocketStream] = CheckpointingStream
 ) -> tuple[SocketStream, SocketStream]:
     a, b = socket.socketpair()
     return cls(a, reactor), cls(b, reactor)
@@ -50,7 +53,7 @@ def clog(*streams: SocketStream) -> None:
                 break
 
 
-async def test_conforms_to_trio_half_closeable_stream(reactor: Reactor) -> None:
+async def test_conforms_to_trio_half_closeable_stream(reactor: Readiness) -> None:
     async def stream_maker() -> tuple[SocketStream, SocketStream]:
         return make_pair(reactor)
 
@@ -65,7 +68,7 @@ async def test_conforms_to_trio_half_closeable_stream(reactor: Reactor) -> None:
     await trio.testing.check_half_closeable_stream(stream_maker, clogged_stream_maker)
 
 
-async def test_send_all_does_not_yield_when_the_kernel_takes_it(reactor: Reactor) -> None:
+async def test_send_all_does_not_yield_when_the_kernel_takes_it(reactor: Readiness) -> None:
     left, right = make_pair(reactor, SocketStream)
     async with left, right:
         with trio.testing.assert_no_checkpoints():
@@ -74,7 +77,7 @@ async def test_send_all_does_not_yield_when_the_kernel_takes_it(reactor: Reactor
 
 
 async def test_send_timeout_breaks_a_stream_nobody_reads(
-    reactor: Reactor, autojump_clock: trio.testing.MockClock
+    reactor: Readiness, autojump_clock: trio.testing.MockClock
 ) -> None:
     a, b = socket.socketpair()
     stream, _never_read = SocketStream(a, reactor, send_timeout=2.0), b
@@ -86,7 +89,7 @@ async def test_send_timeout_breaks_a_stream_nobody_reads(
     b.close()
 
 
-async def test_errors_become_broken_resource(reactor: Reactor) -> None:
+async def test_errors_become_broken_resource(reactor: Readiness) -> None:
     a, b = socket.socketpair()
     stream = SocketStream(a, reactor)
     b.send(b"unread")
@@ -102,7 +105,9 @@ async def test_errors_become_broken_resource(reactor: Reactor) -> None:
     await stream.aclose()
 
 
-async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nursery, reactor: Reactor) -> None:
+async def test_reactor_stream_moves_bulk_data_in_full_reads(
+    nursery: trio.Nursery, reactor: Readiness
+) -> None:
     """Reads that fill the buffer leave data behind with no new edge to come:
     the stream must read again before it waits."""
     a, b = socket.socketpair()
@@ -124,7 +129,7 @@ async def test_reactor_stream_moves_bulk_data_in_full_reads(nursery: trio.Nurser
     await receiver.aclose()
 
 
-async def test_reactor_close_wakes_a_waiting_reader(reactor: Reactor) -> None:
+async def test_reactor_close_wakes_a_waiting_reader(reactor: Readiness) -> None:
     a, b = socket.socketpair()
     stream = SocketStream(a, reactor)
     outcome: list[BaseException] = []
@@ -143,8 +148,11 @@ async def test_reactor_close_wakes_a_waiting_reader(reactor: Reactor) -> None:
     b.close()
 
 
+@pytest.mark.skipif(not EPOLL_AVAILABLE, reason="the epoll reactor needs Linux")
 @pytest.mark.parametrize("readers", [1, 3])
 async def test_closing_the_reactor_wakes_leader_and_followers(readers: int) -> None:
+    from eco_trio.reactor import Reactor  # epoll: Linux only
+
     reactor = Reactor()
     pairs = [socket.socketpair() for _ in range(readers)]
     streams = [SocketStream(a, reactor) for a, _ in pairs]
@@ -167,7 +175,7 @@ async def test_closing_the_reactor_wakes_leader_and_followers(readers: int) -> N
         b.close()
 
 
-async def test_many_readers_share_one_leader(reactor: Reactor) -> None:
+async def test_many_readers_share_one_leader(reactor: Readiness) -> None:
     """Edges for followers are handed over by the leader; leadership passes
     on when the leader's own socket fires."""
     pairs = [socket.socketpair() for _ in range(20)]
@@ -192,7 +200,7 @@ async def test_many_readers_share_one_leader(reactor: Reactor) -> None:
         b.close()
 
 
-async def test_a_cancelled_receive_keeps_the_pending_edge(reactor: Reactor) -> None:
+async def test_a_cancelled_receive_keeps_the_pending_edge(reactor: Readiness) -> None:
     a, b = socket.socketpair()
     stream = SocketStream(a, reactor)
     b.send(b"hola")
@@ -232,7 +240,7 @@ async def _send_that_has_to_wait(stream: SocketStream, peer: socket.socket) -> N
 
 @pytest.mark.parametrize("seed", range(60))
 async def test_close_from_another_task_wakes_the_reader_and_a_reused_fd_works(
-    reactor: Reactor, seed: int
+    reactor: Readiness, seed: int
 ) -> None:
     """trio's Stream contract: closing a stream wakes a task blocked in
     receive_some with ClosedResourceError.  Randomized over the states a
