@@ -1,5 +1,6 @@
 """Makes this interpreter look like macOS or Windows to eco_trio: no
-``select.epoll``, no ``termios``, no ``readline``.
+``select.epoll``, ``termios``, ``readline``, ``resource``, CPU affinity or
+SIGHUP.
 
 Put this folder on PYTHONPATH.  trio is imported first, so it keeps its real
 I/O backend (on Linux its own epoll); everything imported afterwards,
@@ -8,7 +9,9 @@ termios or readline.  A Linux-only import reintroduced anywhere in eco_trio
 then fails the tests that run under it.
 """
 
+import os
 import select
+import signal
 import sys
 import types
 
@@ -19,5 +22,8 @@ for _name in dir(select):
     if not _name.lower().startswith("epoll"):
         setattr(_without_epoll, _name, getattr(select, _name))
 sys.modules["select"] = _without_epoll
-for _name in ("termios", "readline", "tty"):
+for _name in ("termios", "readline", "tty", "resource"):
     sys.modules[_name] = None  # type: ignore[assignment]  # "import termios" raises ImportError
+for _module, _name in ((os, "sched_setaffinity"), (signal, "SIGHUP")):
+    if hasattr(_module, _name):
+        delattr(_module, _name)
