@@ -55,7 +55,6 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
     conversation.
     """
     registry = server.registry
-    log.info("connected %s (%d clients)", entry.address, len(registry))
     linger = True
     try:
         linger = await _converse(server, stream, entry)

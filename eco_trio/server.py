@@ -223,6 +223,7 @@ class Server:
                         "refused %s: already %d clients (--max-clients)", address, registry.max_clients
                     )
                 else:
+                    log.info("connected %s (%d clients)", address, len(registry))  # in accept order
                     if not _OPTIONS_INHERITED:
                         _tune(sock)
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
