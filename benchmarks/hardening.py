@@ -434,7 +434,7 @@ def main() -> None:
             (b"LISTAR\n", 1, True),
             (b"LISTAR\n", 4, True),
             (b"AYUDA\n", 4, True),
-            (b"\xff\n", 4, True),
+            (b"\xfe\n", 4, True),
         ]:
             flood_attack(args.clients, line, attackers, reading=reading, seconds=args.seconds)
     if "worst" in args.only:

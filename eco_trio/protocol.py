@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from .telnet import TelnetFilter
+
 DEFAULT_MAX_LINE: Final = 64 * 1024
 
 GREETING: Final = (
@@ -219,7 +221,7 @@ class ServerProtocol:
     slowed down rather than buffered.
     """
 
-    __slots__ = ("_backlog", "_buffer", "_closed", "_fresh", "_held", "_max_line", "_position")
+    __slots__ = ("_backlog", "_buffer", "_closed", "_fresh", "_held", "_max_line", "_position", "_telnet")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:
@@ -236,6 +238,8 @@ class ServerProtocol:
         # Complete lines not answered yet, from _position on (see next_events).
         self._backlog: bytes | bytearray = b""
         self._position = 0
+        # Set at the first byte 255 (telnet's IAC), which UTF-8 never has.
+        self._telnet: TelnetFilter | None = None
 
     @property
     def has_fragment(self) -> bool:
@@ -256,6 +260,11 @@ class ServerProtocol:
             self._fresh = False
             if _is_tls_client_hello(data):
                 return self._foreign("TLS")
+        if self._telnet is not None or 0xFF in data:
+            return self._receive_telnet(data)
+        return self._receive(data)
+
+    def _receive(self, data: bytes | bytearray) -> list[Event]:
         if not data:
             events = self._fragment_events()
             if not self._closed:
@@ -289,6 +298,20 @@ class ServerProtocol:
             return batch
         self._backlog, self._position = complete, 0
         return self._turn()
+
+    def _receive_telnet(self, data: bytes | bytearray) -> list[Event]:
+        """``data`` from a telnet client: commands out, answers first (a
+        timing mark must be answered for telnet to show our replies)."""
+        if self._telnet is None:
+            self._telnet = TelnetFilter()
+        if not data:  # end of input: a CR held back is the last of the text
+            held = self._telnet.flush()
+            return (self._receive(held) if held else []) + self._receive(b"")
+        text, answer = self._telnet.feed(data)
+        events: list[Event] = [Reply(answer)] if answer else []
+        if text:  # b"" would mean end of input
+            events += self._receive(text)
+        return events
 
     def next_events(self) -> list[Event]:
         """The next turn's worth of events from the backlog."""

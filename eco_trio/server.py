@@ -93,6 +93,8 @@ class ServerConfig:
             object.__setattr__(self, "token", self.token.encode("utf-8", "surrogateescape"))
         if self.token is not None and (not self.token or self.token.split() != [self.token]):
             raise ValueError("the token must be one word: not empty, no spaces or line breaks")
+        if self.token is not None and 0xFF in self.token:
+            raise ValueError("the token cannot contain byte 255, which telnet clients send as a command")
         if self.max_line < 1 or self.max_clients < 1:
             raise ValueError("max_line and max_clients must be at least 1")
         if not 0 <= self.port <= 65535:

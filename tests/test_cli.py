@@ -198,6 +198,7 @@ def test_port_in_use_is_one_clear_line() -> None:
         ["servidor", "--idle-timeout", "-1"],
         ["servidor", "--token", "dos palabras"],
         ["servidor", "--token", ""],
+        ["servidor", "--token", "\udcffIAC"],  # byte 255 (surrogate-escaped): telnet's IAC
         ["bogus"],
     ],
 )
@@ -267,15 +268,15 @@ def test_token_from_the_environment_guards_desconexion(monkeypatch: pytest.Monke
 
 
 def test_a_token_that_is_not_utf8_works_byte_for_byte(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(os.environb, b"ECO_TRIO_TOKEN", b"\xff\xfe-clave")
+    monkeypatch.setitem(os.environb, b"ECO_TRIO_TOKEN", b"\xfe\xc0-clave")
     with server_process() as server:
         with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
             stream = sock.makefile("rb")
             assert stream.readline().startswith(b"BIENVENIDO")
-            for wrong in (b"DESCONEXION \xff\n", "DESCONEXION ÿþ-clave\n".encode(), b"DESCONEXION\n"):
+            for wrong in (b"DESCONEXION \xfe\n", "DESCONEXION þÀ-clave\n".encode(), b"DESCONEXION\n"):
                 sock.sendall(wrong)
                 assert stream.readline().startswith(b"ERROR DESCONEXION requiere")
-            sock.sendall(b"DESCONEXION \xff\xfe-clave\n")
+            sock.sendall(b"DESCONEXION \xfe\xc0-clave\n")
             assert stream.readline() == b"DESCONEXION: apagando el servidor.\n"
         assert server.process.wait(TIMEOUT) == 0
     assert not any("Traceback" in line for line in server.log)
@@ -366,3 +367,73 @@ def test_an_idle_server_does_not_spin() -> None:
         before = cpu_seconds()
         time.sleep(1.0)
         assert cpu_seconds() - before < 0.3  # a spinning loop would use about 1.0
+
+
+def _controlling_terminal() -> None:
+    """In the child: make its pseudo-terminal the controlling one, as a
+    terminal emulator does, so Ctrl-C there is a signal, not a byte."""
+    import fcntl
+    import termios
+
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """A program on a pseudo-terminal, read and typed to as a person would."""
+
+    def __init__(self, command: list[str]) -> None:
+        leader, follower = os.openpty()
+        self.leader = leader
+        self.process = subprocess.Popen(
+            command, stdin=follower, stdout=follower, stderr=follower, preexec_fn=_controlling_terminal
+        )
+        os.close(follower)
+        self.screen = b""
+
+    def expect(self, text: bytes, wait: float = TIMEOUT) -> None:
+        import select as real_select
+
+        deadline = time.monotonic() + wait
+        while text not in self.screen:
+            remaining = deadline - time.monotonic()
+            ready, _, _ = real_select.select([self.leader], [], [], max(0.0, remaining))
+            assert ready, f"{text!r} never showed; the screen: {self.screen!r}"
+            try:
+                self.screen += os.read(self.leader, 4096)
+            except OSError:  # the program ended
+                raise AssertionError(f"{text!r} never showed; the screen: {self.screen!r}") from None
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.leader, keys)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()  # our own child, by its handle
+        self.process.wait(TIMEOUT)
+        os.close(self.leader)
+
+
+@pytest.mark.skipif(shutil.which("telnet") is None, reason="telnet is not installed")
+def test_telnet_keeps_working_after_ctrl_c_and_in_character_mode() -> None:
+    with server_process() as server:
+        session = Terminal(["telnet", "127.0.0.1", str(server.port)])
+        try:
+            session.expect(b"BIENVENIDO")
+            session.type(b"hola\r")
+            session.expect(b"HOLA")
+            session.type(b"\x03")  # Ctrl-C: IAC IP IAC DO TIMING-MARK
+            time.sleep(0.2)
+            session.type("sigo aquí\r".encode())
+            session.expect("SIGO AQUÍ".encode())  # telnet got its timing mark: output shows again
+            session.type(b"\x1d")  # Ctrl-]: telnet's own prompt
+            session.expect(b"telnet>")
+            session.type(b"send ayt\r")
+            session.expect("aquí estoy".encode())
+            session.type(b"\x1dmode character\r")
+            time.sleep(0.3)
+            session.type(b"otra\r")
+            session.expect(b"OTRA")
+            assert b"ERROR" not in session.screen, session.screen
+        finally:
+            session.close()

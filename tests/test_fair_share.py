@@ -81,7 +81,7 @@ async def sink_peer(nursery: trio.Nursery, server: Server, address: str) -> tupl
     [
         (b"LISTAR", None),
         (b"AYUDA", len(protocol.encode_line(protocol.HELP))),
-        (b"\xff", len(protocol.encode_line(protocol.INVALID_UTF8))),
+        (b"\xfe", len(protocol.encode_line(protocol.INVALID_UTF8))),
     ],
 )
 async def test_a_pipelined_flood_of_costly_lines_does_not_hold_others(
