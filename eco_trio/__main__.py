@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeVar
@@ -19,11 +20,24 @@ import trio
 
 from . import __version__, open_files
 from .bench import MODES, BenchConfig, format_result, run_bench
-from .client import DEFAULT_CLOSE_WAIT, Client, ConnectionClosed, SessionEnd, run_messages, run_session
+from .client import (
+    DEFAULT_CLOSE_WAIT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REPLY_TIMEOUT,
+    Client,
+    ConnectionClosed,
+    ServerRefused,
+    SessionEnd,
+    open_client,
+    run_messages,
+    run_piped,
+)
+from .interactive import Link, run_interactive
 from .protocol import DEFAULT_MAX_LINE
 from .readiness import IO_PATHS
+from .registry import format_address
 from .server import REMOTE_IDLE_TIMEOUT, Server, ServerConfig
-from .terminal import Console, piped_lines, print_line, terminal_restored
+from .terminal import input_chunks, open_prompt, print_line, write_lines
 
 log = logging.getLogger("eco_trio.server")
 _E = TypeVar("_E", bound=BaseException)
@@ -75,12 +89,22 @@ def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
+def program_name(argv0: str | None = None) -> str:
+    """The program as the user invoked it: ``python -m eco_trio`` or the
+    ``eco_trio`` script."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(argv0)
+    if not name or name in ("__main__.py", "-c") or name.startswith("python"):
+        return "python -m eco_trio"
+    return name.removesuffix(".exe").removesuffix("-script.py")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="python -m eco_trio",
+        prog=prog or program_name(),
         description="A line-oriented TCP server that answers in uppercase, and its client.",
     )
-    parser.add_argument("--version", action="version", version=f"eco_trio {__version__}")
+    parser.add_argument("-V", "--version", action="version", version=f"eco_trio {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="{servidor,cliente,bench}")
 
     server = commands.add_parser(
@@ -163,8 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk to a server",
         description="Talk to a server: interactively, from piped input, or with MENSAJE arguments.",
     )
-    client.add_argument("--host", default="localhost", help="server address (default: %(default)s)")
-    client.add_argument("--port", type=_port, default=5000, help="server port (default: %(default)s)")
+    _add_address_options(client, "localhost")
+    client.add_argument(
+        "--connect-timeout",
+        type=_positive(float),
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up connecting (and waiting for the greeting) after this long (default: %(default)s)",
+    )
+    client.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=DEFAULT_REPLY_TIMEOUT,
+        metavar="SECONDS",
+        help="with MENSAJE arguments, give up on a reply after this long (default: %(default)s)",
+    )
     client.add_argument(
         "--close-wait",
         type=_positive(float),
@@ -183,6 +220,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_address_options(parser: argparse.ArgumentParser, host: str) -> None:
+    """-H/--host and -p/--port for the programs that connect.  -H, not
+    redis-cli's -h: -h is --help, as in every argparse program."""
+    parser.add_argument(
+        "-H",
+        "--host",
+        default=os.environ.get("ECO_TRIO_HOST") or host,
+        help=f"server address (default: $ECO_TRIO_HOST, else {host})",
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=_port,
+        default=os.environ.get("ECO_TRIO_PORT") or "5000",
+        help="server port (default: $ECO_TRIO_PORT, else 5000)",
+    )
+
+
 def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     bench = commands.add_parser(
         "bench",
@@ -191,8 +246,7 @@ def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
         "On a small machine, pin the server and the benchmark to different cores, e.g. "
         "'taskset -c 1 python -m eco_trio servidor' and 'taskset -c 0 python -m eco_trio bench'.",
     )
-    bench.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    bench.add_argument("--port", type=_port, default=5000, help="server port (default: %(default)s)")
+    _add_address_options(bench, "127.0.0.1")
     bench.add_argument(
         "--clients",
         type=_positive(int),
@@ -282,7 +336,7 @@ def run_server(args: argparse.Namespace) -> int:
             io=args.io,
         )
     except ValueError as exc:
-        print(f"eco_trio servidor: error: {exc}", file=sys.stderr)
+        print(f"{args.prog} servidor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
@@ -295,7 +349,9 @@ def run_server(args: argparse.Namespace) -> int:
         if error is None:
             raise
         print(
-            f"eco_trio servidor: cannot listen on {args.host}:{args.port}: {_reason(error)}", file=sys.stderr
+            f"{args.prog} servidor: cannot listen on {format_address((args.host, args.port))}: "
+            f"{_reason(error)}",
+            file=sys.stderr,
         )
         return EXIT_FAILURE
 
@@ -335,56 +391,114 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
 
 # --- cliente ------------------------------------------------------------------
 
+#: What a shell reports for a program ended by a closed pipe (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
 
 def run_client(args: argparse.Namespace) -> int:
     try:
-        with terminal_restored(sys.stdin):
-            return trio.run(_talk, args)
+        return trio.run(_talk, args)
     except BaseException as exc:
-        if _only(exc, KeyboardInterrupt) is None:
-            raise
-        print(file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if _only(exc, KeyboardInterrupt) is not None:
+            print(file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if _only(exc, BrokenPipeError) is not None:
+            # Whoever read our output has gone (``| head -1``): end quietly,
+            # as nc and redis-cli do, and keep Python from complaining about
+            # the unflushed rest at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
+        raise
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    print(f"{args.prog} cliente: {message}", file=sys.stderr)
+
+
+async def _open(args: argparse.Namespace) -> Client | str:
+    """A connected client, or one line saying why not."""
+    address = format_address((args.host, args.port))
+    try:
+        return await open_client(args.host, args.port, connect_timeout=args.connect_timeout)
+    except socket.gaierror as exc:
+        return f"cannot find host {args.host!s}: {exc.strerror or exc}"
+    except trio.TooSlowError:
+        return f"no answer from {address} within {args.connect_timeout:g} s"
+    except ServerRefused as exc:
+        return f"{address} refused the connection: {exc.line}"
+    except ConnectionClosed:
+        return f"{address} closed the connection without a greeting"
+    except OSError as exc:
+        message = f"cannot connect to {address}: {_reason(exc)}"
+        if isinstance(_root(exc), ConnectionRefusedError):
+            message += (
+                f". Is the server running? Start it with: {args.prog} servidor "
+                f"--host {args.host} --port {args.port}"
+            )
+        return message
 
 
 async def _talk(args: argparse.Namespace) -> int:
-    try:
-        stream = await trio.open_tcp_stream(args.host, args.port)
-    except OSError as exc:
-        print(
-            f"eco_trio cliente: cannot connect to {args.host}:{args.port}: {_reason(exc)}. "
-            f"Is the server running? Start it with: python -m eco_trio servidor "
-            f"--host {args.host} --port {args.port}",
-            file=sys.stderr,
-        )
+    interactive = not args.messages and sys.stdin.isatty()
+    if interactive:
+        return await _talk_interactively(args)
+    outcome = await _open(args)
+    if isinstance(outcome, str):
+        _say(args, outcome)
         return EXIT_FAILURE
-    client = Client(stream)
-    show = print_line(sys.stdout)
-    async with stream:
+    client = outcome
+    address = format_address((args.host, args.port))
+    async with client.stream:
         if args.messages:
-            try:
-                client.greeting = await client.receive_line()
-                await run_messages(client, args.messages, show)
-            except (ConnectionClosed, trio.BrokenResourceError):
-                print("eco_trio cliente: the server closed the connection before answering", file=sys.stderr)
-                return EXIT_FAILURE
-            return EXIT_OK
-        if sys.stdin.isatty():
-            console = Console(sys.stdout)
-            try:
-                end = await run_session(client, console.lines(), console.show, close_wait=args.close_wait)
-            finally:
-                console.finish()
-        else:
-            end = await run_session(client, piped_lines(sys.stdin), show, close_wait=args.close_wait)
+            return await _send_messages(args, client, address)
+        write = write_lines(sys.stdout)
+        write([client.greeting or ""])
+        try:
+            end = await run_piped(
+                client,
+                input_chunks(sys.stdin.buffer),
+                write,
+                close_wait=args.close_wait,
+                reply_timeout=args.timeout,
+            )
+        except trio.TooSlowError:
+            _say(args, f"no reply from {address} within {args.timeout:g} s")
+            return EXIT_FAILURE
+    return _session_status(args, end)
+
+
+async def _send_messages(args: argparse.Namespace, client: Client, address: str) -> int:
+    show = print_line(sys.stdout)
+    try:
+        unsent = await run_messages(client, args.messages, show, reply_timeout=args.timeout)
+    except (ConnectionClosed, trio.BrokenResourceError):
+        _say(args, "the server closed the connection before answering")
+        return EXIT_FAILURE
+    except trio.TooSlowError:
+        _say(args, f"no reply from {address} within {args.timeout:g} s")
+        return EXIT_FAILURE
+    if unsent:
+        _say(args, f"not sent, the connection was closed before them: {' '.join(unsent)}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _talk_interactively(args: argparse.Namespace) -> int:
+    link = Link()
+    prompt = open_prompt(link.prompt, sys.stdout, lambda message: _say(args, message))
+    try:
+        await run_interactive(lambda: _open(args), prompt.read, prompt.show, link, close_wait=args.close_wait)
+    finally:
+        prompt.close()
+    return EXIT_OK
+
+
+def _session_status(args: argparse.Namespace, end: SessionEnd) -> int:
     if end is SessionEnd.SERVER_CLOSED:
-        print("eco_trio cliente: the server closed the connection", file=sys.stderr)
+        _say(args, "the server closed the connection")
         return EXIT_FAILURE
     if end is SessionEnd.TIMED_OUT:
-        print(
-            f"eco_trio cliente: the server did not close the connection within {args.close_wait:g} s",
-            file=sys.stderr,
-        )
+        _say(args, f"the server did not close the connection within {args.close_wait:g} s")
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -397,6 +511,17 @@ def _only(exc: BaseException, kind: type[_E]) -> _E | None:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc if isinstance(exc, kind) else None
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The innermost cause of ``exc`` (through groups and causes)."""
+    while True:
+        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+            exc = exc.exceptions[0]
+        elif exc.__cause__ is not None:
+            exc = exc.__cause__
+        else:
+            return exc
 
 
 def _reason(exc: OSError) -> str:
@@ -427,12 +552,12 @@ def run_benchmark(args: argparse.Namespace) -> int:
             server_pid=args.server_pid,
         )
     except ValueError as exc:
-        print(f"eco_trio bench: error: {exc}", file=sys.stderr)
+        print(f"{args.prog} bench: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     if args.cpu is not None:
         if not hasattr(os, "sched_setaffinity"):
             print(
-                "eco_trio bench: error: --cpu needs CPU affinity, which this platform does not offer "
+                f"{args.prog} bench: error: --cpu needs CPU affinity, which this platform does not offer "
                 "(Linux has it); leave it out",
                 file=sys.stderr,
             )
@@ -440,7 +565,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
         try:
             os.sched_setaffinity(0, {args.cpu})
         except (OSError, ValueError) as exc:
-            print(f"eco_trio bench: error: cannot run on CPU {args.cpu}: {exc}", file=sys.stderr)
+            print(f"{args.prog} bench: error: cannot run on CPU {args.cpu}: {exc}", file=sys.stderr)
             return EXIT_USAGE
     live = sys.stderr.isatty() and not args.json
 
@@ -451,7 +576,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
     try:
         result = run_bench(config, progress if live else None)
     except OSError as exc:
-        print(f"eco_trio bench: {exc.strerror or exc}. Is the server running?", file=sys.stderr)
+        print(f"{args.prog} bench: {exc.strerror or exc}. Is the server running?", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(file=sys.stderr)
@@ -468,7 +593,9 @@ def run_benchmark(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
     if args.command == "servidor":
         return run_server(args)
     if args.command == "bench":

@@ -1,21 +1,32 @@
-"""The eco_trio client: a small async API and the session the CLI runs.
+"""The eco_trio client: a small async API and the sessions the CLI runs.
 
 API::
 
     async with eco_trio.connect("localhost", 5000) as conn:
         assert await conn.request("hola") == "HOLA"
 
-Session: :func:`run_session` pairs a reader of the user's lines with a reader
-of the socket in one nursery, so server lines (replies, the shutdown notice
-another client caused) are shown the moment they arrive.
+:func:`connect` raises :class:`ServerRefused` when the server greets with an
+``ERROR`` line (a full server, say).  A request that is cancelled or fails
+midway leaves the connection unusable: its reply may still be on the way,
+so the next request would read it and fall out of step for good (redis-py's
+CVE-2023-28858 class of bug).  Any later use raises :class:`ClientUnusable`;
+open a new connection instead.
+
+Sessions: :func:`run_session` pairs a reader of the user's lines with a
+reader of the socket in one nursery, so server lines (replies, the shutdown
+notice another client caused) are shown the moment they arrive;
+:func:`run_piped` does the same for piped input, in large chunks.  Both work
+with servers that never end their lines (the original project's server):
+what such a server sends is shown after a short pause, one reply per line.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
+from typing import TypeVar
 
 import trio
 
@@ -26,10 +37,29 @@ DEFAULT_PAUSE = 0.1
 #: How long to wait for the server to close once we asked it to (APAGAR,
 #: DESCONEXION, end of input).
 DEFAULT_CLOSE_WAIT = 5.0
+#: How long connecting, and each reply in script mode, may take.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_REPLY_TIMEOUT = 10.0
+_CHUNK = 64 * 1024
+_Item = TypeVar("_Item", str, bytes)
 
 
 class ConnectionClosed(Exception):
     """The server closed the connection before answering."""
+
+
+class ServerRefused(ConnectionClosed):
+    """The server greeted with an ``ERROR`` line instead of a greeting (it
+    is full, say); ``line`` is what it said."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+class ClientUnusable(RuntimeError):
+    """A request was cancelled or failed midway: its reply may still come,
+    so this connection can no longer tell which reply is whose."""
 
 
 class Client:
@@ -42,10 +72,14 @@ class Client:
     def __init__(self, stream: trio.abc.HalfCloseableStream, *, pause: float = DEFAULT_PAUSE) -> None:
         self.stream = stream
         self.greeting: str | None = None
+        #: False once the server has shown that it does not end its lines
+        #: (a line came out after a pause rather than at a newline).
+        self.terminates_lines = True
         self._pause = pause
         self._reader = LineReader()
         self._lines: deque[str] = deque()
         self._eof = False
+        self._unusable: str | None = None
 
     async def receive_line(self) -> str | None:
         """The next line from the server; None once it has closed."""
@@ -56,34 +90,72 @@ class Client:
             if self._reader.has_fragment:
                 data = None
                 with trio.move_on_after(self._pause):
-                    data = await self.stream.receive_some()
+                    data = await self.stream.receive_some(_CHUNK)
                 if data is None:
                     fragment = self._reader.flush()
                     if fragment is not None:
+                        self.terminates_lines = False
                         return fragment
                     continue
             else:
-                data = await self.stream.receive_some()
+                data = await self.stream.receive_some(_CHUNK)
             if not data:
                 self._eof = True
             else:
                 self._lines.extend(self._reader.feed(bytes(data)))
         return self._lines.popleft()
 
+    async def receive_lines(self) -> list[str] | None:
+        """Every line that is ready (waiting for at least one); None once the
+        server has closed.  For showing a fast stream of replies in bulk."""
+        first = await self.receive_line()
+        if first is None:
+            return None
+        lines = [first, *self._lines]
+        self._lines.clear()
+        return lines
+
     async def send_line(self, line: str) -> None:
         await self.stream.send_all((line + "\n").encode())
 
     async def request(self, line: str) -> str:
-        """Send one line and return its reply.  LISTAR's reply is its header
-        and rows joined by newlines.  Raises :class:`ConnectionClosed` if the
-        server closes first."""
-        await self.send_line(line)
-        reply = await self._expect_line()
-        if is_listing_command(line):
-            count = parse_listing_header(reply) or 0
-            rows = [await self._expect_line() for _ in range(count)]
-            reply = "\n".join([reply, *rows])
-        return reply
+        """Send one line and return its reply; for LISTAR, every line of the
+        reply joined by newlines.  Raises :class:`ConnectionClosed` if the
+        server closes first, :class:`ClientUnusable` after a request that
+        did not finish."""
+        return "\n".join(await self.request_lines(line))
+
+    async def request_lines(self, line: str) -> list[str]:
+        """Like :meth:`request`, as a list of lines."""
+        if self._unusable is not None:
+            raise ClientUnusable(self._unusable)
+        try:
+            await self.send_line(line)
+            reply = [await self._expect_line()]
+            if is_listing_command(line):
+                count = parse_listing_header(reply[0])
+                if count is not None:  # eco_trio's own header says how many rows
+                    reply += [await self._expect_line() for _ in range(count)]
+                else:  # another server: whatever comes before it pauses
+                    reply += await self._lines_until_quiet()
+            return reply
+        except BaseException as exc:
+            if not isinstance(exc, ConnectionClosed):
+                self._unusable = (
+                    f"a request ({line!r}) did not finish ({type(exc).__name__}), so its reply may "
+                    "still come: open a new connection"
+                )
+            raise
+
+    async def _lines_until_quiet(self) -> list[str]:
+        lines: list[str] = []
+        while True:
+            line: str | None = None
+            with trio.move_on_after(self._pause):
+                line = await self.receive_line()
+            if line is None:
+                return lines
+            lines.append(line)
 
     async def _expect_line(self) -> str:
         line = await self.receive_line()
@@ -95,19 +167,48 @@ class Client:
         await self.stream.aclose()
 
 
+async def open_client(
+    host: str,
+    port: int,
+    *,
+    pause: float = DEFAULT_PAUSE,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+) -> Client:
+    """Connect and read the greeting, within ``connect_timeout`` seconds.
+    Raises OSError when the server cannot be reached, trio.TooSlowError on
+    timeout, :class:`ServerRefused` when it greets with an ERROR line, and
+    :class:`ConnectionClosed` when it closes without a word."""
+    with trio.fail_after(connect_timeout):
+        stream = await trio.open_tcp_stream(host, port)
+        client = Client(stream, pause=pause)
+        try:
+            greeting = await client.receive_line()
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+    if greeting is None or greeting.startswith("ERROR"):
+        await trio.aclose_forcefully(stream)
+        if greeting is None:
+            raise ConnectionClosed("the server closed the connection without a greeting")
+        raise ServerRefused(greeting)
+    client.greeting = greeting
+    return client
+
+
 @asynccontextmanager
 async def connect(
-    host: str = "localhost", port: int = 5000, *, pause: float = DEFAULT_PAUSE
+    host: str = "localhost",
+    port: int = 5000,
+    *,
+    pause: float = DEFAULT_PAUSE,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncIterator[Client]:
-    """Connect, read the greeting line into ``client.greeting``, and close on
-    exit.  Raises OSError when the server cannot be reached."""
-    stream = await trio.open_tcp_stream(host, port)
-    client = Client(stream, pause=pause)
+    """:func:`open_client` as a context manager that closes on exit."""
+    client = await open_client(host, port, pause=pause, connect_timeout=connect_timeout)
     try:
-        client.greeting = await client.receive_line()
         yield client
     finally:
-        await trio.aclose_forcefully(stream)
+        await trio.aclose_forcefully(client.stream)
 
 
 class SessionEnd(enum.Enum):
@@ -132,6 +233,68 @@ async def run_session(
     APAGAR / DESCONEXION or ran out of input (then half-closing, so the
     server answers what it got and closes).
     """
+
+    async def send(line: str) -> bool:
+        await client.send_line(line)
+        return is_closing_command(line)
+
+    async def feed() -> AsyncGenerator[str, None]:
+        async with aclosing(lines):
+            async for line in lines:
+                yield line
+
+    async def show_lines(batch: list[str]) -> None:
+        for line in batch:
+            show(line)
+
+    return await _converse(client, feed(), send, show_lines, close_wait=close_wait)
+
+
+async def run_piped(
+    client: Client,
+    chunks: AsyncGenerator[bytes, None],
+    write: Callable[[list[str]], None],
+    *,
+    close_wait: float = DEFAULT_CLOSE_WAIT,
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+) -> SessionEnd:
+    """Piped input: send it as it comes, in large chunks, and ``write`` the
+    server's lines in batches.  A server that does not end its lines gets
+    one line at a time instead, each after the reply to the one before, so
+    every reply shows on its own line."""
+    if not client.terminates_lines:
+        return await _lockstep(client, _lines_of(chunks), write, reply_timeout=reply_timeout)
+
+    async def pieces() -> AsyncGenerator[bytes, None]:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                cut = _closing_cut(chunk)
+                if cut is not None:
+                    yield chunk[:cut]
+                    yield b""  # the marker: a closing command was sent
+                    return
+                yield chunk
+
+    async def send(piece: bytes) -> bool:
+        if not piece:
+            return True
+        await client.stream.send_all(piece)
+        return False
+
+    async def show_lines(batch: list[str]) -> None:
+        write(batch)
+
+    return await _converse(client, pieces(), send, show_lines, close_wait=close_wait)
+
+
+async def _converse(
+    client: Client,
+    inputs: AsyncGenerator[_Item, None],
+    send: Callable[[_Item], Awaitable[bool]],
+    show: Callable[[list[str]], Awaitable[None]],
+    *,
+    close_wait: float,
+) -> SessionEnd:
     asked_to_close = False
     server_closed = trio.Event()
 
@@ -139,20 +302,19 @@ async def run_session(
 
         async def show_server_lines() -> None:
             try:
-                while (line := await client.receive_line()) is not None:
-                    show(line)
+                while (batch := await client.receive_lines()) is not None:
+                    await show(batch)
             except trio.BrokenResourceError:
                 pass  # a reset: the server is gone all the same
             server_closed.set()
             nursery.cancel_scope.cancel()  # stop asking the user for input
 
-        async def send_user_lines() -> None:
+        async def send_user_input() -> None:
             nonlocal asked_to_close
             try:
-                async with aclosing(lines):
-                    async for line in lines:
-                        await client.send_line(line)
-                        if is_closing_command(line):
+                async with aclosing(inputs):
+                    async for item in inputs:
+                        if await send(item):
                             break
                     else:
                         await client.stream.send_eof()
@@ -165,17 +327,83 @@ async def run_session(
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(show_server_lines)
-        nursery.start_soon(send_user_lines)
+        nursery.start_soon(send_user_input)
     if not server_closed.is_set():
         return SessionEnd.TIMED_OUT
     return SessionEnd.CLOSED if asked_to_close else SessionEnd.SERVER_CLOSED
 
 
-async def run_messages(client: Client, messages: Iterable[str], show: Callable[[str], None]) -> None:
-    """Send ``messages`` one at a time and show each reply (script mode).
+async def _lockstep(
+    client: Client,
+    lines: AsyncGenerator[str, None],
+    write: Callable[[list[str]], None],
+    *,
+    reply_timeout: float,
+) -> SessionEnd:
+    async with aclosing(lines):
+        async for line in lines:
+            try:
+                await client.send_line(line)
+                with trio.fail_after(reply_timeout):
+                    reply = await client.receive_line()
+            except trio.BrokenResourceError:
+                return SessionEnd.SERVER_CLOSED
+            if reply is None:
+                return SessionEnd.SERVER_CLOSED
+            write([reply])
+            if is_closing_command(line):
+                return SessionEnd.CLOSED
+    return SessionEnd.CLOSED
 
-    Raises :class:`ConnectionClosed` if the server closes before a reply."""
-    for message in messages:
-        show(await client.request(message))
+
+async def _lines_of(chunks: AsyncGenerator[bytes, None]) -> AsyncGenerator[str, None]:
+    reader = LineReader()
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            for line in reader.feed(chunk):
+                yield line
+    last = reader.flush(final=True)
+    if last is not None:
+        yield last
+
+
+def _closing_cut(chunk: bytes) -> int | None:
+    """Where to stop sending ``chunk``: just after its first line that asks
+    the server to close (APAGAR, DESCONEXION), or None.  Most chunks hold
+    no such word at all, which one search finds out."""
+    upper = chunk.upper()
+    if b"APAGAR" not in upper and b"DESCONEXI" not in upper:
+        return None
+    start = 0
+    while start < len(chunk):
+        end = chunk.find(b"\n", start)
+        end = len(chunk) if end < 0 else end + 1
+        if is_closing_command(chunk[start:end].decode(errors="replace")):
+            return end
+        start = end
+    return None
+
+
+async def run_messages(
+    client: Client,
+    messages: Iterable[str],
+    show: Callable[[str], None],
+    *,
+    reply_timeout: float = DEFAULT_REPLY_TIMEOUT,
+) -> list[str]:
+    """Send ``messages`` one at a time and show each line of each reply
+    (script mode).  Returns the messages left unsent because one before
+    them closed the connection (APAGAR, DESCONEXION).
+
+    Raises :class:`ConnectionClosed` if the server closes before a reply,
+    and trio.TooSlowError if a reply takes longer than ``reply_timeout``."""
+    pending = list(messages)
+    while pending:
+        message = pending.pop(0)
+        with trio.fail_after(reply_timeout):
+            reply = await client.request_lines(message)
+        for line in reply:
+            show(line)
         if is_closing_command(message):
-            return
+            return pending
+    return []

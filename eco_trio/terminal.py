@@ -1,114 +1,105 @@
-"""Where the client's user types: a readline prompt, or piped lines.
+"""Where the client's user types: a prompt_toolkit prompt, or piped input.
 
-The prompt runs ``input()`` in a worker thread, so the terminal stays in
-blocking mode (no ``O_NONBLOCK`` left behind on a shared tty) and readline
-gives line editing and history.  Server lines that arrive meanwhile are
-printed above the prompt, which is then redrawn with what the user has typed
-so far.  Where there is no readline or termios (Windows), the prompt is
-plain ``input()`` and the terminal needs no restoring.
+The prompt is prompt_toolkit's (the line editor under iredis, pgcli and
+ptpython, on Linux, macOS and Windows alike).  It runs in a worker thread,
+so trio stays in charge of the connection, and it owns the screen: server
+lines are written through its :class:`~prompt_toolkit.patch_stdout.StdoutProxy`,
+which prints them above the prompt and redraws what the user has typed, so
+the two never tear.  The proxy also escapes control sequences, so a server
+cannot drive the terminal.  History persists in a file (:func:`history_path`)
+and the commands complete with Tab.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable, Iterator
-from contextlib import contextmanager
-from typing import TextIO
+import os
+import sys
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import trio
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.patch_stdout import StdoutProxy
 
-try:
-    import readline
-except ImportError:  # pragma: no cover - platforms without GNU readline
-    readline = None  # type: ignore[assignment]
-try:
-    import termios
-except ImportError:  # pragma: no cover - Windows
-    termios = None  # type: ignore[assignment]
-
-PROMPT = "eco> "
+COMMANDS = ["AYUDA", "LISTAR", "APAGAR", "DESCONEXION", "hola servidor"]
+_CHUNK = 64 * 1024
 
 
-class Console:
-    def __init__(
-        self,
-        output: TextIO,
-        *,
-        prompt: str = PROMPT,
-        read_line: Callable[[str], str] = input,
-    ) -> None:
-        self._output = output
-        self._prompt = prompt
-        self._read_line = read_line
-        self._prompting = False
-        # With readline, "prompting" starts once readline has drawn the
-        # prompt (its pre-input hook); marking it earlier would let a server
-        # line draw a prompt that readline then draws a second time.
-        self._uses_hook = readline is not None and read_line is input
-        if self._uses_hook:
-            readline.set_pre_input_hook(self._prompt_drawn)
+def history_path() -> Path:
+    """``$ECO_TRIO_HISTORY``, else a file in the user's state directory:
+    ``$XDG_STATE_HOME`` or ``~/.local/state`` (``%LOCALAPPDATA%`` on Windows)."""
+    if explicit := os.environ.get("ECO_TRIO_HISTORY"):
+        return Path(explicit)
+    if sys.platform == "win32" and (local := os.environ.get("LOCALAPPDATA")):
+        return Path(local) / "eco_trio" / "history"
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "eco_trio" / "history"
 
-    def _prompt_drawn(self) -> None:
-        self._prompting = True
 
-    def _read(self) -> str:
-        if not self._uses_hook:
-            self._prompting = True
+def _history(path: Path, warn: Callable[[str], None]) -> History:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    except OSError as exc:
+        warn(f"history will not be kept: {path}: {exc.strerror or exc}")
+        return InMemoryHistory()
+    return FileHistory(str(path))
+
+
+class Prompt:
+    """The interactive prompt.  ``message`` is asked again on every redraw
+    (twice a second too), so it can show the connection's state."""
+
+    def __init__(self, message: Callable[[], str], warn: Callable[[str], None]) -> None:
+        self._session: PromptSession[str] = PromptSession(
+            message,
+            history=_history(history_path(), warn),
+            completer=WordCompleter(COMMANDS, ignore_case=True, sentence=True),
+            complete_while_typing=False,
+            refresh_interval=0.5,
+        )
+        self._out = StdoutProxy(sleep_between_writes=0.01)
+
+    async def read(self) -> str | None:
+        """The next line the user enters; None at Ctrl-D.  Ctrl-C raises
+        KeyboardInterrupt."""
         try:
-            return self._read_line(self._prompt)
-        finally:
-            self._prompting = False
+            return await trio.to_thread.run_sync(self._prompt, abandon_on_cancel=True)
+        except EOFError:
+            return None
 
-    async def lines(self) -> AsyncGenerator[str, None]:
-        """What the user types, a line at a time, until end of input (Ctrl-D).
-        Blank lines are not sent."""
-        while True:
-            try:
-                line = await trio.to_thread.run_sync(self._read, abandon_on_cancel=True)
-            except EOFError:
-                self._output.write("\n")
-                return
-            if line.strip():
-                yield line
-
-    def finish(self) -> None:
-        """Clear a prompt the session ended under (its input is abandoned)."""
-        if self._prompting:
-            self._output.write("\r\x1b[2K")
-            self._output.flush()
-            self._prompting = False
+    def _prompt(self) -> str:
+        # A worker thread has no signal handlers of its own: Ctrl-C is a key
+        # here (prompt_toolkit raises KeyboardInterrupt for it).
+        return self._session.prompt(handle_sigint=False)
 
     def show(self, text: str) -> None:
-        if self._prompting:
-            typed = readline.get_line_buffer() if readline is not None else ""
-            # Clear the prompt line, print above it, then redraw the prompt.
-            self._output.write(f"\r\x1b[2K{text}\n{self._prompt}{typed}")
-        else:
-            self._output.write(text + "\n")
-        self._output.flush()
+        self._out.write(text + "\n")
+        self._out.flush()
+
+    def close(self) -> None:
+        self._out.close()
 
 
-@contextmanager
-def terminal_restored(stream: TextIO) -> Iterator[None]:
-    """Put the terminal back as it was, even if we leave while readline,
-    in its worker thread, still has it in character-at-a-time mode."""
-    if termios is None:
-        yield
-        return
-    try:
-        saved = termios.tcgetattr(stream)
-    except (termios.error, ValueError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        termios.tcsetattr(stream, termios.TCSADRAIN, saved)
+async def input_chunks(source: BinaryIO) -> AsyncGenerator[bytes, None]:
+    """A non-interactive input, in chunks as large as they come (one read
+    call per chunk, not one per line)."""
+    read = source.read1 if hasattr(source, "read1") else source.read
+    while chunk := await trio.to_thread.run_sync(read, _CHUNK):
+        yield chunk
 
 
-async def piped_lines(source: TextIO) -> AsyncGenerator[str, None]:
-    """Lines of a non-interactive input, without their line endings."""
-    async for line in trio.wrap_file(source):
-        yield line.rstrip("\r\n")
+def write_lines(output: TextIO) -> Callable[[list[str]], None]:
+    """Write a batch of lines with one write and one flush."""
+
+    def write(lines: list[str]) -> None:
+        output.write("".join(line + "\n" for line in lines))
+        output.flush()
+
+    return write
 
 
 def print_line(output: TextIO) -> Callable[[str], None]:
@@ -117,3 +108,38 @@ def print_line(output: TextIO) -> Callable[[str], None]:
         output.flush()
 
     return show
+
+
+class PlainPrompt:
+    """Where prompt_toolkit cannot drive the terminal (no termios on a POSIX
+    system, say): plain ``input()`` in a worker thread, no editing, no
+    history.  Server lines are printed as they come."""
+
+    def __init__(self, message: Callable[[], str], output: TextIO) -> None:
+        self._message = message
+        self._output = output
+
+    async def read(self) -> str | None:
+        try:
+            return await trio.to_thread.run_sync(input, self._message(), abandon_on_cancel=True)
+        except EOFError:
+            self._output.write("\n")
+            return None
+
+    def show(self, text: str) -> None:
+        self._output.write(text + "\n")
+        self._output.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def open_prompt(
+    message: Callable[[], str], output: TextIO, warn: Callable[[str], None]
+) -> Prompt | PlainPrompt:
+    """prompt_toolkit's prompt, or the plain one where it cannot run."""
+    try:
+        return Prompt(message, warn)
+    except ImportError as exc:  # its terminal layer needs a module this platform lacks
+        warn(f"line editing is not available here ({exc.name or exc}); using plain input")
+        return PlainPrompt(message, output)
