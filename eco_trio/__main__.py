@@ -525,9 +525,13 @@ def _root(exc: BaseException) -> BaseException:
 
 
 def _reason(exc: OSError) -> str:
-    """The most specific explanation an OSError (or its cause) carries."""
+    """The most specific explanation an OSError (or its cause) carries, in
+    the system's words: trio's own messages embed Python reprs of socket
+    addresses (``Error connecting to ('::1', 1, 0, 0): ...``)."""
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, OSError) and cause.errno is not None and not isinstance(cause, socket.gaierror):
+            return os.strerror(cause.errno)
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
         cause = cause.exceptions[0] if isinstance(cause, BaseExceptionGroup) else cause.__cause__

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -437,3 +438,131 @@ def test_telnet_keeps_working_after_ctrl_c_and_in_character_mode() -> None:
             assert b"ERROR" not in session.screen, session.screen
         finally:
             session.close()
+
+
+# --- the client as scripts use it ----------------------------------------------------
+
+ORIGINAL_SERVER = """
+import socket, sys
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+conn, _ = listener.accept()
+conn.sendall(b"Bienvenido al servidor")  # the original project: no newline, ever
+while data := conn.recv(1024):
+    for line in data.decode().splitlines():
+        if line == "LISTAR":
+            conn.sendall(b"Clientes conectados:")
+            conn.sendall(b" 127.0.0.1:49348")
+        else:
+            conn.sendall(("Eco: " + line.upper()).encode())
+"""
+
+
+@contextmanager
+def original_server() -> Iterator[int]:
+    """A stand-in for the original project's server, which never ends a line."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", ORIGINAL_SERVER], stdout=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        yield int(process.stdout.readline())
+    finally:
+        process.kill()  # our own child, by its handle
+        process.wait(TIMEOUT)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_piped_input_to_a_server_that_never_ends_its_lines() -> None:
+    with original_server() as port:
+        result = client(port, stdin="hola\nmundo\n")
+    assert result.stdout.splitlines() == ["Bienvenido al servidor", "Eco: HOLA", "Eco: MUNDO"]
+
+
+def test_messages_to_a_server_that_never_ends_its_lines() -> None:
+    with original_server() as port:
+        result = client(port, "hola", "LISTAR", "adios")
+    assert result.stdout.splitlines() == ["Eco: HOLA", "Clientes conectados: 127.0.0.1:49348", "Eco: ADIOS"]
+
+
+def test_messages_after_a_closing_command_are_reported() -> None:
+    with server_process() as server:
+        result = client(server.port, "hola", "APAGAR", "hola otra vez")
+    assert result.stdout.splitlines() == ["HOLA", "ADIOS: conexión cerrada."]
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert "not sent" in result.stderr and "hola otra vez" in result.stderr
+
+
+def test_a_full_server_says_so() -> None:
+    with (
+        server_process("--max-clients", "1") as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as first,
+    ):
+        first.recv(1024)
+        result = client(server.port, "hola")
+    assert result.returncode == 1
+    assert "ERROR demasiados clientes (máximo 1)" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_a_closed_stdout_ends_the_client_quietly() -> None:
+    with server_process() as server:
+        process = subprocess.Popen(
+            eco("cliente", "-p", str(server.port), *[f"linea {n}" for n in range(500)]),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline() == b"LINEA 0\n"
+        process.stdout.close()  # as "| head -1" does
+        assert process.wait(TIMEOUT) == 141
+        assert process.stderr.read() == b""
+        process.stderr.close()
+
+
+def test_a_server_that_never_answers_times_out() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        result = client(port, "--connect-timeout", "0.5", "hola")
+    assert result.returncode == 1
+    assert result.stderr == (f"python -m eco_trio cliente: no answer from 127.0.0.1:{port} within 0.5 s\n")
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("no-such-host.invalid", "cannot find host no-such-host.invalid"), ("::1", "[::1]:1")],
+)
+def test_connect_errors_are_one_line_without_python_reprs(host: str, expected: str) -> None:
+    result = subprocess.run(
+        eco("cliente", "-H", host, "-p", "1", "hola"), capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert expected in result.stderr and "(" not in result.stderr.split(":", 1)[1].split(".")[0]
+    if host != "::1":
+        assert "Start it with" not in result.stderr  # no server to start on a name that does not resolve
+
+
+def test_host_and_port_from_short_options_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with server_process() as server:
+        assert client(server.port, "hola").stdout == "HOLA\n"
+        short = subprocess.run(
+            eco("cliente", "-H", "127.0.0.1", "-p", str(server.port), "uno"),
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert short.stdout == "UNO\n"
+        monkeypatch.setenv("ECO_TRIO_HOST", "127.0.0.1")
+        monkeypatch.setenv("ECO_TRIO_PORT", str(server.port))
+        from_env = subprocess.run(eco("cliente", "dos"), capture_output=True, text=True, timeout=TIMEOUT)
+        assert from_env.stdout == "DOS\n"
+
+
+def test_dash_capital_v_and_the_program_name_as_invoked() -> None:
+    version = subprocess.run(eco("-V"), capture_output=True, text=True, timeout=TIMEOUT)
+    assert version.returncode == 0 and version.stdout == f"eco_trio {eco_trio.__version__}\n"
+    script = Path(sys.executable).parent / "eco_trio"
+    if not script.exists():
+        pytest.skip("the eco_trio script is not installed next to this Python")
+    usage = subprocess.run(
+        [str(script), "cliente", "--port", "x"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert usage.returncode == 2 and usage.stderr.startswith("eco_trio cliente: error:")
