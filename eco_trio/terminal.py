@@ -3,26 +3,27 @@
 The prompt is prompt_toolkit's (the line editor under iredis, pgcli and
 ptpython, on Linux, macOS and Windows alike).  It runs in a worker thread,
 so trio stays in charge of the connection, and it owns the screen: server
-lines are written through its :class:`~prompt_toolkit.patch_stdout.StdoutProxy`,
-which prints them above the prompt and redraws what the user has typed, so
-the two never tear.  The proxy also escapes control sequences, so a server
-cannot drive the terminal.  History persists in a file (:func:`history_path`)
-and the commands complete with Tab.
+lines are printed through its ``run_in_terminal``, above the prompt, which
+is then redrawn with what the user has typed, so the two never tear (see
+:class:`Prompt`).  Control characters from the server are shown as U+FFFD,
+so a server cannot drive the terminal.  History persists in a file
+(:func:`history_path`) and the commands complete with Tab.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import trio
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
-from prompt_toolkit.patch_stdout import StdoutProxy
 
 COMMANDS = ["AYUDA", "LISTAR", "APAGAR", "DESCONEXION", "hola servidor"]
 _CHUNK = 64 * 1024
@@ -51,9 +52,17 @@ def _history(path: Path, warn: Callable[[str], None]) -> History:
 
 class Prompt:
     """The interactive prompt.  ``message`` is asked again on every redraw
-    (twice a second too), so it can show the connection's state."""
+    (twice a second too), so it can show the connection's state.
 
-    def __init__(self, message: Callable[[], str], warn: Callable[[str], None]) -> None:
+    Screen ownership: while a prompt is drawn, server lines are handed to
+    its event loop and printed with ``run_in_terminal`` (above the prompt,
+    which is then redrawn).  From the moment the user presses Enter until
+    the next prompt is up, they wait, and are printed before it: a line
+    printed while prompt_toolkit finishes the accepted one would overwrite
+    it.  With no prompt in progress at all, they are printed at once.
+    """
+
+    def __init__(self, message: Callable[[], str], output: TextIO, warn: Callable[[str], None]) -> None:
         self._session: PromptSession[str] = PromptSession(
             message,
             history=_history(history_path(), warn),
@@ -61,7 +70,12 @@ class Prompt:
             complete_while_typing=False,
             refresh_interval=0.5,
         )
-        self._out = StdoutProxy(sleep_between_writes=0.01)
+        self._output = output
+        self._lock = threading.Lock()
+        self._in_progress = False  # the prompt thread is inside session.prompt()
+        self._drawn = False  # ... and the prompt is up (pre_run has run)
+        self._pending: list[str] = []  # to print before the next prompt is up
+        self._handed_over: list[str] = []  # given to the prompt's loop, not yet printed
 
     async def read(self) -> str | None:
         """The next line the user enters; None at Ctrl-D.  Ctrl-C raises
@@ -72,16 +86,75 @@ class Prompt:
             return None
 
     def _prompt(self) -> str:
-        # A worker thread has no signal handlers of its own: Ctrl-C is a key
-        # here (prompt_toolkit raises KeyboardInterrupt for it).
-        return self._session.prompt(handle_sigint=False)
+        with self._lock:
+            self._in_progress = True
+        try:
+            # A worker thread has no signal handlers of its own: Ctrl-C is a
+            # key here (prompt_toolkit raises KeyboardInterrupt for it).
+            return self._session.prompt(handle_sigint=False, pre_run=self._prompt_is_up)
+        finally:
+            with self._lock:
+                self._in_progress = self._drawn = False
+                lines = self._handed_over + self._pending
+                self._handed_over, self._pending = [], []
+                self._write(lines)
+
+    def _prompt_is_up(self) -> None:  # in the prompt's loop, before its first drawing
+        with self._lock:
+            self._drawn = True
+            lines, self._pending = self._pending, []
+            self._write(lines)  # nothing of this prompt is on the screen yet
 
     def show(self, text: str) -> None:
-        self._out.write(text + "\n")
-        self._out.flush()
+        text = _printable(text)
+        with self._lock:
+            if not self._in_progress:
+                self._write([text])
+                return
+            if not self._drawn:
+                self._pending.append(text)
+                return
+            self._handed_over.append(text)
+            loop = self._session.app.loop
+        assert loop is not None
+        loop.call_soon_threadsafe(self._print_handed_over)
+
+    def _print_handed_over(self) -> None:  # in the prompt's loop
+        if not self._settle_if_done():
+            run_in_terminal(self._write_handed_over)
+
+    def _write_handed_over(self) -> None:  # in the prompt's loop, the prompt erased
+        if not self._settle_if_done():
+            with self._lock:
+                lines, self._handed_over = self._handed_over, []
+                self._write(lines)
+
+    def _settle_if_done(self) -> bool:
+        """Once Enter was pressed, lines wait for the next prompt (or for
+        this one's end); a line printed now would overwrite the accepted one."""
+        with self._lock:
+            if not self._session.app.is_done:
+                return False
+            self._pending += self._handed_over
+            self._handed_over = []
+            return True
+
+    def _write(self, lines: list[str]) -> None:
+        if lines:
+            self._output.write("".join(line + "\n" for line in lines))
+            self._output.flush()
 
     def close(self) -> None:
-        self._out.close()
+        pass
+
+
+#: Control characters a server could use to drive the terminal (escape
+#: sequences, carriage returns that overwrite the prompt) are shown as U+FFFD.
+_UNPRINTABLE = {code: "\ufffd" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if code != 0x09}
+
+
+def _printable(text: str) -> str:
+    return text.translate(_UNPRINTABLE)
 
 
 async def input_chunks(source: BinaryIO) -> AsyncGenerator[bytes, None]:
@@ -139,7 +212,7 @@ def open_prompt(
 ) -> Prompt | PlainPrompt:
     """prompt_toolkit's prompt, or the plain one where it cannot run."""
     try:
-        return Prompt(message, warn)
+        return Prompt(message, output, warn)
     except ImportError as exc:  # its terminal layer needs a module this platform lacks
         warn(f"line editing is not available here ({exc.name or exc}); using plain input")
         return PlainPrompt(message, output)

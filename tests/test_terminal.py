@@ -1,0 +1,184 @@
+"""The interactive client in a real terminal (tmux), read off the screen as
+a person would see it: greeting, prompt, replies, a notice arriving while a
+line is half typed, a paste of several lines, history after a restart,
+Ctrl-C.  Skipped, with the reason, where tmux is not installed."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .test_cli import server_process
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+TIMEOUT = 10.0
+WIDTH = 250  # wide enough that the greeting stays one line
+
+
+class Tmux:
+    """One program in its own tmux server (its own socket: nothing shared
+    with a tmux the user may run), driven with send-keys, read with
+    capture-pane."""
+
+    def __init__(self, command: str, tmp_path: Path) -> None:
+        self.socket = str(tmp_path / f"tmux-{uuid.uuid4().hex[:8]}")
+        self.status = tmp_path / "status"
+        wrapped = f"{command}; echo $? > {shlex.quote(str(self.status))}; sleep 30"
+        self._tmux("new-session", "-d", "-x", str(WIDTH), "-y", "40", wrapped)
+
+    def _tmux(self, *args: str) -> str:
+        return subprocess.run(
+            ["tmux", "-S", self.socket, *args], capture_output=True, text=True, timeout=TIMEOUT, check=True
+        ).stdout
+
+    def screen(self) -> list[str]:
+        lines = self._tmux("capture-pane", "-p").rstrip("\n").split("\n")
+        while lines and not lines[-1].strip():
+            lines.pop()
+        return [line.rstrip() for line in lines]
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", *keys)
+
+    def paste(self, text: str) -> None:
+        self._tmux("set-buffer", text)
+        self._tmux("paste-buffer")
+
+    def wait_for(self, condition: str, *, last: bool = False) -> list[str]:
+        """Until a screen line contains ``condition`` (is the last line, if ``last``)."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            screen = self.screen()
+            found = (
+                screen and screen[-1] == condition.rstrip()
+                if last
+                else any(condition in line for line in screen)
+            )
+            if found:
+                return screen
+            assert time.monotonic() < deadline, f"{condition!r} never showed:\n" + "\n".join(screen)
+            time.sleep(0.05)
+
+    def exit_status(self) -> int:
+        deadline = time.monotonic() + TIMEOUT
+        while not self.status.exists() or not self.status.read_text().strip():
+            assert time.monotonic() < deadline, "the client did not exit:\n" + "\n".join(self.screen())
+            time.sleep(0.05)
+        return int(self.status.read_text())
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-S", self.socket, "kill-server"], capture_output=True, timeout=TIMEOUT)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    with server_process() as server:
+        yield server.port, tmp_path
+
+
+def client_command(port: int, history: Path) -> str:
+    env = f"ECO_TRIO_HISTORY={shlex.quote(str(history))}"
+    return f"{env} {shlex.quote(sys.executable)} -m eco_trio cliente -H 127.0.0.1 -p {port}"
+
+
+def start(port: int, tmp_path: Path) -> Tmux:
+    session = Tmux(client_command(port, tmp_path / "history"), tmp_path)
+    session.wait_for("eco> ", last=True)
+    return session
+
+
+def test_greeting_then_prompt_then_replies(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    session = start(port, tmp_path)
+    try:
+        screen = session.screen()
+        assert screen[0].startswith("BIENVENIDO") and screen[1:] == ["eco>"]
+        session.keys("ñandú straße", "Enter")
+        session.wait_for("ÑANDÚ STRASSE")
+        screen = session.wait_for("eco> ", last=True)
+        assert screen[1:] == ["eco> ñandú straße", "ÑANDÚ STRASSE", "eco>"]
+        session.keys("APAGAR", "Enter")
+        assert session.exit_status() == 0
+    finally:
+        session.close()
+
+
+def test_a_notice_while_typing_and_a_reconnect(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    session = start(port, tmp_path)
+    try:
+        session.keys("medio escri")
+        time.sleep(0.3)
+        kicker = subprocess.run(
+            [sys.executable, "-m", "eco_trio", "cliente", "-p", str(port), "DESCONEXION"],
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert kicker.returncode == 0
+        screen = session.wait_for("eco (desconectado)> medio escri", last=True)
+        assert any(line.startswith("AVISO: el servidor se está apagando") for line in screen)
+        assert "eco> medio escri" not in screen  # the half line moved below the notice, whole
+    finally:
+        session.close()
+
+
+def test_a_paste_of_five_lines_never_tears(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    session = start(port, tmp_path)
+    words = ["uno", "dos", "tres", "cuatro", "cinco"]
+    try:
+        session.paste("".join(word + "\n" for word in words))
+        screen = session.wait_for("CINCO")
+        screen = session.wait_for("eco> ", last=True)
+        body = screen[1:]
+        assert [line for line in body if line.isupper()] == [word.upper() for word in words]
+        assert [line.removeprefix("eco> ") for line in body if line.startswith("eco> ")] == words
+        assert all(line.isupper() or line.startswith("eco>") for line in body), body
+    finally:
+        session.close()
+
+
+def test_history_is_kept_across_runs_and_commands_complete(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    session = start(port, tmp_path)
+    try:
+        session.keys("recuerdame", "Enter")
+        session.wait_for("RECUERDAME")
+        session.keys("C-d")
+        assert session.exit_status() == 0
+    finally:
+        session.close()
+    (tmp_path / "status").unlink()
+    session = start(port, tmp_path)
+    try:
+        session.keys("Up")
+        session.wait_for("eco> recuerdame", last=True)
+        session.keys("C-u", "lis", "Tab")
+        session.wait_for("eco> LISTAR")  # completed (the menu may show below)
+        session.keys("Enter")
+        if "CLIENTES 1" not in "\n".join(session.screen()):
+            time.sleep(0.3)
+            session.keys("Enter")  # the first Enter may only close the menu
+        session.wait_for("CLIENTES 1")
+    finally:
+        session.close()
+
+
+def test_ctrl_c_leaves_with_130_and_a_sane_terminal(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    session = start(port, tmp_path)
+    try:
+        session.keys("a medias", "C-c")
+        assert session.exit_status() == 130
+        assert os.path.exists(tmp_path / "history")
+    finally:
+        session.close()
