@@ -1,9 +1,20 @@
 """eco_trio: a line-oriented TCP server that answers in uppercase, and its
 client, built on trio."""
 
-from .client import Client, ConnectionClosed, connect
+from .client import Client, ClientUnusable, ConnectionClosed, ServerRefused, connect, open_client
 from .server import Server, ServerConfig, serve
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "ConnectionClosed", "Server", "ServerConfig", "__version__", "connect", "serve"]
+__all__ = [
+    "Client",
+    "ClientUnusable",
+    "ConnectionClosed",
+    "Server",
+    "ServerConfig",
+    "ServerRefused",
+    "__version__",
+    "connect",
+    "open_client",
+    "serve",
+]
