@@ -88,6 +88,8 @@ def main() -> None:
                 if not start_is_whole(lines):
                     torn_starts.append(lines)
                 tmux(socket, "kill-server")
+                if n % 50 == 49:
+                    print(f"  {n + 1} starts, {len(torn_starts)} torn", file=sys.stderr)
             for n in range(args.pastes):
                 socket = session(folder, server.port, args.starts + n)
                 wait(socket, lambda s: s and s[-1] == "eco>")

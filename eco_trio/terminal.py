@@ -114,10 +114,15 @@ class Prompt:
             if not self._drawn:
                 self._pending.append(text)
                 return
-            self._handed_over.append(text)
             loop = self._session.app.loop
-        assert loop is not None
-        loop.call_soon_threadsafe(self._print_handed_over)
+            if loop is None:  # the prompt has just ended: its thread prints what waits
+                self._pending.append(text)
+                return
+            self._handed_over.append(text)
+        try:
+            loop.call_soon_threadsafe(self._print_handed_over)
+        except RuntimeError:  # its loop closed meanwhile: the line waits in _handed_over
+            pass
 
     def _print_handed_over(self) -> None:  # in the prompt's loop
         if not self._settle_if_done():
