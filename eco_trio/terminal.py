@@ -12,6 +12,7 @@ so a server cannot drive the terminal.  History persists in a file
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -119,10 +120,10 @@ class Prompt:
                 self._pending.append(text)
                 return
             self._handed_over.append(text)
-        try:
+        # If its loop closed meanwhile, the line waits in _handed_over for the
+        # prompt thread, which prints whatever is left as the prompt ends.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._print_handed_over)
-        except RuntimeError:  # its loop closed meanwhile: the line waits in _handed_over
-            pass
 
     def _print_handed_over(self) -> None:  # in the prompt's loop
         if not self._settle_if_done():
