@@ -44,7 +44,9 @@ _WITH_FILE_LIMIT = (
 
 
 @contextmanager
-def server_process(*args: str, file_limit: int | None = None) -> Iterator[ServerProcess]:
+def server_process(
+    *args: str, file_limit: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
     """``python -m eco_trio servidor --port 0`` until it says where it listens."""
     command = eco("servidor", "--host", "127.0.0.1", "--port", "0", *args)
     if file_limit is not None:
@@ -55,6 +57,7 @@ def server_process(*args: str, file_limit: int | None = None) -> Iterator[Server
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     log: list[str] = []
     listening = threading.Event()

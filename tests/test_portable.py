@@ -7,15 +7,15 @@ fails here."""
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from .test_cli import server_process
 
 SIMULATED = str(Path(__file__).parent / "simulated_platform")
 TIMEOUT = 20
@@ -67,38 +67,8 @@ def test_every_module_imports() -> None:
 
 @contextmanager
 def simulated_server(*args: str) -> Iterator[tuple[int, list[str]]]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "eco_trio", "servidor", "--host", "127.0.0.1", "--port", "0", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=environment(),
-    )
-    log: list[str] = []
-    ports: list[int] = []
-    listening = threading.Event()
-
-    def read_log() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                ports.append(int(match[1]))
-                listening.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        assert listening.wait(TIMEOUT), f"server did not start: {log}"
-        yield ports[0], log
-    finally:
-        if process.poll() is None:
-            process.terminate()  # our own child, by its handle
-        process.wait(TIMEOUT)
-        reader.join(TIMEOUT)
-        assert process.stderr is not None
-        process.stderr.close()
+    with server_process(*args, env=environment()) as server:
+        yield server.port, server.log
 
 
 def test_server_client_and_bench_run_on_the_portable_path() -> None:
