@@ -12,13 +12,14 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn, TypeVar
 
 import trio
 
-from . import __version__, open_files
+from . import __version__, open_files, tls
 from .bench import MODES, BenchConfig, format_result, run_bench
 from .client import (
     DEFAULT_CLOSE_WAIT,
@@ -26,6 +27,7 @@ from .client import (
     DEFAULT_REPLY_TIMEOUT,
     Client,
     ConnectionClosed,
+    HandshakeFailed,
     ServerRefused,
     SessionEnd,
     open_client,
@@ -110,7 +112,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     server = commands.add_parser(
         "servidor",
         help="run the server",
-        description="Run the server. Stops on DESCONEXION, Ctrl-C, SIGTERM or SIGHUP, telling clients first.",
+        description="Run the server. Stops on DESCONEXION, Ctrl-C, SIGTERM or SIGHUP, telling clients first. "
+        "Who may send DESCONEXION: nobody with --no-remote-shutdown; otherwise a client whose "
+        "certificate name is a --tls-admin (mutual TLS); otherwise, with --token, anyone who sends "
+        "'DESCONEXION TOKEN'; without a token, any loopback client.",
     )
     defaults = ServerConfig()
     server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
@@ -168,6 +173,36 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
     server.add_argument(
+        "--tls-cert", metavar="FILE", help="certificate (PEM): --port then speaks TLS (1.2 or later)"
+    )
+    server.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    server.add_argument(
+        "--tls-ca",
+        metavar="FILE_OR_DIR",
+        help="require client certificates signed by these CAs (mutual TLS)",
+    )
+    server.add_argument(
+        "--tls-handshake-timeout",
+        type=_positive(float),
+        default=ServerConfig().tls_handshake_timeout,
+        metavar="SECONDS",
+        help="close a connection whose TLS handshake takes longer (default: %(default)s)",
+    )
+    server.add_argument(
+        "--tls-admin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a client certificate name (subject CN or SAN) that may send DESCONEXION without the "
+        "token; repeat for more (needs --tls-ca)",
+    )
+    server.add_argument(
+        "--plain-port",
+        type=_port,
+        metavar="PORT",
+        help="with TLS on --port, also listen in plain text on this port",
+    )
+    server.add_argument(
         "--io",
         choices=IO_PATHS,
         default="auto",
@@ -201,6 +236,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=DEFAULT_REPLY_TIMEOUT,
         metavar="SECONDS",
         help="with MENSAJE arguments, give up on a reply after this long (default: %(default)s)",
+    )
+    client.add_argument("--tls", action="store_true", help="speak TLS (implied by the other --tls options)")
+    client.add_argument(
+        "--tls-ca", metavar="FILE_OR_DIR", help="trust these CAs (default: the system's store)"
+    )
+    client.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), for mutual TLS")
+    client.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key (PEM)")
+    client.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name the server's certificate must carry (default: --host)",
     )
     client.add_argument(
         "--close-wait",
@@ -334,7 +380,20 @@ def run_server(args: argparse.Namespace) -> int:
             token=token,
             remote_shutdown=not args.no_remote_shutdown,
             io=args.io,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            tls_handshake_timeout=args.tls_handshake_timeout,
+            tls_admin=tuple(args.tls_admin),
+            plain_port=args.plain_port,
         )
+        if config.tls_cert is not None and config.tls_key is not None:
+            tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line
+    except (OSError, ssl.SSLError) as exc:
+        print(
+            f"{args.prog} servidor: error: cannot load the TLS files: {exc.strerror or exc}", file=sys.stderr
+        )
+        return EXIT_USAGE
     except ValueError as exc:
         print(f"{args.prog} servidor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -397,6 +456,11 @@ EXIT_BROKEN_PIPE = 141
 
 def run_client(args: argparse.Namespace) -> int:
     try:
+        args.ssl_context = _client_tls(args)
+    except (OSError, ValueError) as exc:
+        _say(args, f"error: cannot load the TLS files: {getattr(exc, 'strerror', None) or exc}")
+        return EXIT_USAGE
+    try:
         return trio.run(_talk, args)
     except BaseException as exc:
         if _only(exc, KeyboardInterrupt) is not None:
@@ -415,19 +479,34 @@ def _say(args: argparse.Namespace, message: str) -> None:
     print(f"{args.prog} cliente: {message}", file=sys.stderr)
 
 
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return tls.client_context(args.tls_ca, args.tls_cert, args.tls_key)
+
+
 async def _open(args: argparse.Namespace) -> Client | str:
     """A connected client, or one line saying why not."""
     address = format_address((args.host, args.port))
     try:
-        return await open_client(args.host, args.port, connect_timeout=args.connect_timeout)
+        return await open_client(
+            args.host,
+            args.port,
+            connect_timeout=args.connect_timeout,
+            ssl_context=args.ssl_context,
+            server_hostname=args.tls_server_name,
+        )
+    except HandshakeFailed as exc:
+        return f"TLS with {address} failed: {exc}"
     except socket.gaierror as exc:
         return f"cannot find host {args.host!s}: {exc.strerror or exc}"
     except trio.TooSlowError:
-        return f"no answer from {address} within {args.connect_timeout:g} s"
+        hint = "" if args.ssl_context is not None else " (if it is a TLS port, add --tls)"
+        return f"no answer from {address} within {args.connect_timeout:g} s{hint}"
     except ServerRefused as exc:
         return f"{address} refused the connection: {exc.line}"
-    except ConnectionClosed:
-        return f"{address} closed the connection without a greeting"
+    except ConnectionClosed as exc:
+        return f"{address}: {exc}"
     except OSError as exc:
         message = f"cannot connect to {address}: {_reason(exc)}"
         if isinstance(_root(exc), ConnectionRefusedError):

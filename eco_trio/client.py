@@ -23,6 +23,7 @@ what such a server sends is shown after a short pause, one reply per line.
 from __future__ import annotations
 
 import enum
+import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
@@ -31,6 +32,7 @@ from typing import TypeVar
 import trio
 
 from .protocol import LineReader, is_closing_command, is_listing_command, parse_listing_header
+from .tls import describe
 
 #: Silence after which a server's unterminated output is shown as a line.
 DEFAULT_PAUSE = 0.1
@@ -41,6 +43,9 @@ DEFAULT_CLOSE_WAIT = 5.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_REPLY_TIMEOUT = 10.0
 _CHUNK = 64 * 1024
+#: Over TLS (no half-close), input is over and the replies are all in once
+#: the server has sent nothing for this long.
+QUIET = 0.5
 _Item = TypeVar("_Item", str, bytes)
 
 
@@ -57,6 +62,10 @@ class ServerRefused(ConnectionClosed):
         self.line = line
 
 
+class HandshakeFailed(ConnectionClosed):
+    """The TLS handshake failed; the message says which check, for which name."""
+
+
 class ClientUnusable(RuntimeError):
     """A request was cancelled or failed midway: its reply may still come,
     so this connection can no longer tell which reply is whose."""
@@ -69,7 +78,7 @@ class Client:
     seconds without more data, the fragment counts as a line.
     """
 
-    def __init__(self, stream: trio.abc.HalfCloseableStream, *, pause: float = DEFAULT_PAUSE) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, pause: float = DEFAULT_PAUSE) -> None:
         self.stream = stream
         self.greeting: str | None = None
         #: False once the server has shown that it does not end its lines
@@ -80,6 +89,7 @@ class Client:
         self._lines: deque[str] = deque()
         self._eof = False
         self._unusable: str | None = None
+        self.last_data_at = trio.current_time()
 
     async def receive_line(self) -> str | None:
         """The next line from the server; None once it has closed."""
@@ -102,8 +112,28 @@ class Client:
             if not data:
                 self._eof = True
             else:
+                self.last_data_at = trio.current_time()
                 self._lines.extend(self._reader.feed(bytes(data)))
         return self._lines.popleft()
+
+    async def finish_sending(self) -> bool:
+        """Tell the server we have nothing more to send (half-close), so it
+        answers what it got and closes.  False where the stream cannot
+        half-close (TLS): see :meth:`until_quiet`."""
+        if not isinstance(self.stream, trio.abc.HalfCloseableStream):
+            return False
+        await self.stream.send_eof()
+        return True
+
+    async def until_quiet(self, quiet: float, limit: float) -> None:
+        """Until the server has sent nothing for ``quiet`` seconds (at most
+        ``limit`` seconds): how a client that cannot half-close knows the
+        replies are all in."""
+        self.last_data_at = max(self.last_data_at, trio.current_time())
+        with trio.move_on_after(limit):
+            # The deadline moves each time data arrives; no event to wait on.
+            while (left := self.last_data_at + quiet - trio.current_time()) > 0:  # noqa: ASYNC110
+                await trio.sleep(left)
 
     async def receive_lines(self) -> list[str] | None:
         """Every line that is ready (waiting for at least one); None once the
@@ -173,16 +203,30 @@ async def open_client(
     *,
     pause: float = DEFAULT_PAUSE,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> Client:
-    """Connect and read the greeting, within ``connect_timeout`` seconds.
+    """Connect (over TLS with ``ssl_context``, checking the certificate
+    against ``server_hostname``, by default ``host``) and read the greeting,
+    within ``connect_timeout`` seconds.
     Raises OSError when the server cannot be reached, trio.TooSlowError on
     timeout, :class:`ServerRefused` when it greets with an ERROR line, and
     :class:`ConnectionClosed` when it closes without a word."""
     with trio.fail_after(connect_timeout):
-        stream = await trio.open_tcp_stream(host, port)
-        client = Client(stream, pause=pause)
+        stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
         try:
-            greeting = await client.receive_line()
+            if ssl_context is not None:
+                name = server_hostname or host
+                stream = trio.SSLStream(stream, ssl_context, server_hostname=name)
+                try:
+                    await stream.do_handshake()
+                except trio.BrokenResourceError as exc:
+                    raise HandshakeFailed(f"{describe(exc)} (server name {name})") from exc
+            client = Client(stream, pause=pause)
+            try:
+                greeting = await client.receive_line()
+            except trio.BrokenResourceError as exc:  # TLS 1.3: a refused certificate shows here
+                raise ConnectionClosed(f"the connection broke before the greeting: {describe(exc)}") from exc
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
@@ -202,9 +246,18 @@ async def connect(
     *,
     pause: float = DEFAULT_PAUSE,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
 ) -> AsyncIterator[Client]:
     """:func:`open_client` as a context manager that closes on exit."""
-    client = await open_client(host, port, pause=pause, connect_timeout=connect_timeout)
+    client = await open_client(
+        host,
+        port,
+        pause=pause,
+        connect_timeout=connect_timeout,
+        ssl_context=ssl_context,
+        server_hostname=server_hostname,
+    )
     try:
         yield client
     finally:
@@ -297,6 +350,7 @@ async def _converse(
 ) -> SessionEnd:
     asked_to_close = False
     server_closed = trio.Event()
+    went_quiet = False
 
     async with trio.open_nursery() as nursery:
 
@@ -310,24 +364,31 @@ async def _converse(
             nursery.cancel_scope.cancel()  # stop asking the user for input
 
         async def send_user_input() -> None:
-            nonlocal asked_to_close
+            nonlocal asked_to_close, went_quiet
             try:
                 async with aclosing(inputs):
                     async for item in inputs:
                         if await send(item):
                             break
                     else:
-                        await client.stream.send_eof()
+                        if not await client.finish_sending():
+                            # No half-close over TLS: the replies are in once
+                            # the server has been quiet a while.
+                            await client.until_quiet(QUIET, close_wait)
+                            went_quiet = True
             except trio.BrokenResourceError:
                 pass  # the reader sees the close and reports it
             else:
                 asked_to_close = True
-            with trio.move_on_after(close_wait):
-                await server_closed.wait()
+            if not went_quiet:
+                with trio.move_on_after(close_wait):
+                    await server_closed.wait()
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(show_server_lines)
         nursery.start_soon(send_user_input)
+    if went_quiet:
+        return SessionEnd.CLOSED
     if not server_closed.is_set():
         return SessionEnd.TIMED_OUT
     return SessionEnd.CLOSED if asked_to_close else SessionEnd.SERVER_CLOSED

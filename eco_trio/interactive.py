@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .client import DEFAULT_CLOSE_WAIT, Client, SessionEnd
+from .client import DEFAULT_CLOSE_WAIT, QUIET, Client, SessionEnd
 from .protocol import is_closing_command
 
 #: A reply later than this marks the prompt.
@@ -90,9 +90,11 @@ async def run_interactive(
             line = await read_line()
             if line is None:  # Ctrl-D: let the server answer what it got
                 if link.client is not None:
-                    await _half_close(link.client)
-                    with trio.move_on_after(close_wait):
-                        await link.closed.wait()
+                    if await _half_close(link.client):
+                        with trio.move_on_after(close_wait):
+                            await link.closed.wait()
+                    else:
+                        await link.client.until_quiet(QUIET, close_wait)
                 break
             if not line.strip():
                 continue
@@ -113,6 +115,7 @@ async def run_interactive(
     return SessionEnd.CLOSED
 
 
-async def _half_close(client: Client) -> None:
+async def _half_close(client: Client) -> bool:
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-        await client.stream.send_eof()
+        return await client.finish_sending()
+    return True  # the connection is gone already: its end is on its way

@@ -42,6 +42,8 @@ class ClientEntry:
     #: The connection is ending; notices are no longer sent to it.
     closing: bool = False
     interrupted: bool = False
+    #: The names in the client's TLS certificate (mutual TLS), if any.
+    certificate_names: tuple[str, ...] = ()
     scope: trio.CancelScope | None = field(default=None, repr=False)
     # The outbox channel is opened on first use: a channel pair costs about
     # 1.8 KiB, as much as the connection's task, and most connections never
@@ -135,5 +137,7 @@ def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, 
             f"{entry.address} conectado={now - entry.connected_at:.0f}s"
             f" inactivo={now - entry.last_line_at:.0f}s"
         )
+        if entry.certificate_names:
+            row += f" cert={entry.certificate_names[0]}"
         rows.append(row + " (tú)" if entry is requester else row)
     return rows

@@ -17,12 +17,14 @@ import ipaddress
 import logging
 import math
 import socket
+import ssl
 import sys
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
-from . import protocol
+from . import protocol, tls
 from .connection import serve_connection
 from .readiness import Readiness, io_path, open_readiness
 from .registry import ClientEntry, Registry, format_address
@@ -81,6 +83,17 @@ class ServerConfig:
     #: The I/O path: "auto" ($ECO_TRIO_IO, else epoll where it exists),
     #: "epoll" (Linux) or "portable" (trio's own I/O, everywhere).
     io: str = "auto"
+    #: With a certificate and its key, ``port`` speaks TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: CA file or directory: clients must present a certificate it signed.
+    tls_ca: str | None = None
+    tls_handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT
+    #: Certificate names (subject CN or SAN) whose holders may send
+    #: DESCONEXION without the token (needs tls_ca).
+    tls_admin: tuple[str, ...] = ()
+    #: With TLS, a plain-text listener on this port too (None: none).
+    plain_port: int | None = None
 
     def __post_init__(self) -> None:
         positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
@@ -100,6 +113,18 @@ class ServerConfig:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}")
         io_path(self.io)  # an unknown or unavailable path is refused here, not mid-start
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_cert is None and (self.tls_ca or self.tls_admin or self.plain_port is not None):
+            raise ValueError("--tls-ca, --tls-admin and --plain-port need --tls-cert and --tls-key")
+        if self.tls_admin and self.tls_ca is None:
+            raise ValueError("--tls-admin needs --tls-ca: only verified client certificates carry names")
+        if not self.tls_handshake_timeout > 0:
+            raise ValueError(
+                f"tls_handshake_timeout must be greater than 0, not {self.tls_handshake_timeout}"
+            )
+        if self.plain_port is not None and not 0 <= self.plain_port <= 65535:
+            raise ValueError(f"plain_port must be between 0 and 65535, not {self.plain_port}")
 
 
 class Server:
@@ -135,6 +160,12 @@ class Server:
         config = self.config
         if not config.remote_shutdown:
             return "ERROR DESCONEXION está desactivado en este servidor.", False
+        admin = next((name for name in entry.certificate_names if name in config.tls_admin), None)
+        if admin is not None:
+            log.info("DESCONEXION from %s (certificate %s): shutting down", entry.address, admin)
+            entry.closing = True
+            self.shutdown()
+            return protocol.SHUTDOWN_ACK, True
         if config.token is not None:
             assert isinstance(config.token, bytes)  # __post_init__ made it so
             if token is None or not hmac.compare_digest(token, config.token):
@@ -159,8 +190,21 @@ class Server:
         it really listens.  Raises OSError if it cannot listen.
         """
         config = self.config
-        listeners = await open_listeners(config.host, config.port, config.backlog)
-        addresses = [format_address(sock.getsockname()) for sock in listeners]
+        context = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            context = tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
+        listeners = [
+            (sock, context) for sock in await open_listeners(config.host, config.port, config.backlog)
+        ]
+        if config.plain_port is not None:
+            try:
+                plain = await open_listeners(config.host, config.plain_port, config.backlog)
+            except BaseException:
+                for sock, _ in listeners:
+                    sock.close()
+                raise
+            listeners += [(sock, None) for sock in plain]
+        addresses = [format_address(sock.getsockname()) for sock, _ in listeners]
         self.idle_timeout = idle_timeout_in_force(config, addresses)
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
@@ -169,15 +213,18 @@ class Server:
             async with trio.open_nursery() as connections:
                 try:
                     async with trio.open_nursery() as acceptors:
-                        for sock in listeners:
-                            acceptors.start_soon(self._accept_loop, sock, connections, readiness)
-                        for address in addresses:
-                            log.info("listening on %s", address)
+                        for sock, sock_context in listeners:
+                            acceptors.start_soon(
+                                self._accept_loop, sock, connections, readiness, sock_context
+                            )
+                        for address, (_, sock_context) in zip(addresses, listeners, strict=True):
+                            kind = "TLS" if sock_context is not None else "plain text"
+                            log.info("listening on %s (%s)", address, kind)
                         task_status.started(addresses)
                         await self._shutdown.wait()
                         acceptors.cancel_scope.cancel()
                 finally:
-                    for sock in listeners:
+                    for sock, _ in listeners:
                         readiness.forget(sock.fileno())
                         sock.close()
                 clients = len(self.registry)
@@ -189,7 +236,11 @@ class Server:
         log.info("server stopped")
 
     async def _accept_loop(
-        self, listener: socket.socket, connections: trio.Nursery, readiness: Readiness
+        self,
+        listener: socket.socket,
+        connections: trio.Nursery,
+        readiness: Readiness,
+        context: ssl.SSLContext | None = None,
     ) -> None:
         """Accept until the backlog is empty (the fast path is edge-triggered:
         only new connections bring a new edge), then wait.
@@ -220,7 +271,8 @@ class Server:
                 address = format_address(peer)
                 entry = registry.register(address, trio.current_time())
                 if entry is None:
-                    _refuse(sock, self._refusal_line)
+                    # A TLS client could not read a plain line; it is just closed.
+                    _refuse(sock, self._refusal_line if context is None else b"")
                     self._refusals.note(
                         "refused %s: already %d clients (--max-clients)", address, registry.max_clients
                     )
@@ -229,7 +281,18 @@ class Server:
                     if not _OPTIONS_INHERITED:
                         _tune(sock)
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
-                    connections.start_soon(serve_connection, self, stream, entry)
+                    if context is None:
+                        connections.start_soon(serve_connection, self, stream, entry)
+                    else:
+                        connections.start_soon(
+                            tls.serve_tls,
+                            stream,
+                            entry,
+                            context,
+                            self.config.tls_handshake_timeout,
+                            partial(serve_connection, self),
+                            self.registry.unregister,
+                        )
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
@@ -242,7 +305,8 @@ def _refuse(sock: socket.socket, line: bytes) -> None:
     the close from becoming a reset that could destroy that line."""
     try:
         sock.setblocking(False)
-        sock.send(line)
+        if line:
+            sock.send(line)
         sock.recv(65536)
     except OSError:
         pass  # nothing there to read, or the client is already gone

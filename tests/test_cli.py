@@ -528,7 +528,10 @@ def test_a_server_that_never_answers_times_out() -> None:
         port = silent.getsockname()[1]
         result = client(port, "--connect-timeout", "0.5", "hola")
     assert result.returncode == 1
-    assert result.stderr == (f"python -m eco_trio cliente: no answer from 127.0.0.1:{port} within 0.5 s\n")
+    assert result.stderr == (
+        f"python -m eco_trio cliente: no answer from 127.0.0.1:{port} within 0.5 s"
+        " (if it is a TLS port, add --tls)\n"
+    )
 
 
 @pytest.mark.parametrize(

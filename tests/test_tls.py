@@ -1,0 +1,237 @@
+"""TLS and mutual TLS over loopback, with certificates made at run time
+(trustme): the conversation, client certificates accepted and refused,
+the handshake deadline, the wrong protocol on the TLS port, DESCONEXION by
+certificate, and real clients (openssl s_client) end to end."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import shutil
+import socket
+import ssl
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+import trustme
+
+from eco_trio import tls
+from eco_trio.client import ConnectionClosed, HandshakeFailed, open_client
+
+from .helpers import WAIT, start_server
+from .test_cli import TIMEOUT, eco, server_process
+
+
+@dataclass
+class Pki:
+    ca: trustme.CA
+    folder: Path
+
+    def files(
+        self,
+        *names: str,
+        ca: trustme.CA | None = None,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> tuple[str, str]:
+        """A certificate for ``names`` (and its key), as PEM files."""
+        issued = (ca or self.ca).issue_cert(*names, not_before=not_before, not_after=not_after)
+        stem = self.folder / f"{names[0]}-{id(issued)}"
+        issued.cert_chain_pems[0].write_to_path(f"{stem}.crt")
+        issued.private_key_pem.write_to_path(f"{stem}.key")
+        return f"{stem}.crt", f"{stem}.key"
+
+    @property
+    def ca_file(self) -> str:
+        path = self.folder / "ca.pem"
+        if not path.exists():
+            self.ca.cert_pem.write_to_path(str(path))
+        return str(path)
+
+    def client(
+        self,
+        *names: str,
+        ca: trustme.CA | None = None,
+        not_before: datetime.datetime | None = None,
+        not_after: datetime.datetime | None = None,
+    ) -> ssl.SSLContext:
+        cert, key = (
+            self.files(*names, ca=ca, not_before=not_before, not_after=not_after) if names else (None, None)
+        )
+        return tls.client_context(self.ca_file, cert, key)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return Pki(trustme.CA(), tmp_path)
+
+
+async def tls_server(nursery: trio.Nursery, pki: Pki, **options: object) -> int:
+    cert, key = pki.files("localhost", "127.0.0.1")
+    running = await start_server(nursery, tls_cert=cert, tls_key=key, **options)
+    return running.port
+
+
+async def test_a_whole_conversation_over_tls(nursery: trio.Nursery, pki: Pki) -> None:
+    port = await tls_server(nursery, pki, pause=0.05)
+    client = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+    async with client.stream:
+        assert client.greeting is not None and client.greeting.startswith("BIENVENIDO")
+        assert await client.request("ñandú straße") == "ÑANDÚ STRASSE"
+        listing = await client.request_lines("LISTAR")
+        assert listing[0] == "CLIENTES 1" and listing[1].endswith("(tú)")
+        await client.stream.send_all(b"sin salto")  # a partial line, answered after the pause
+        assert await client.receive_line() == "SIN SALTO"
+        assert await client.request("APAGAR") == "ADIOS: conexión cerrada."
+
+
+async def test_the_server_name_is_checked(nursery: trio.Nursery, pki: Pki) -> None:
+    port = await tls_server(nursery, pki)
+    with pytest.raises(HandshakeFailed, match=r"certificate verify failed.*otro\.example"):
+        await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="otro.example")
+
+
+@pytest.mark.parametrize("case", ["no certificate", "another CA", "expired"])
+async def test_mutual_tls_refuses_bad_client_certificates(
+    nursery: trio.Nursery, pki: Pki, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    caplog.set_level(logging.INFO, "eco_trio.server")
+    port = await tls_server(nursery, pki, tls_ca=pki.ca_file)
+    if case == "no certificate":
+        context = pki.client()
+    elif case == "another CA":
+        context = pki.client("intruso", ca=trustme.CA())
+    else:
+        past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
+        context = pki.client("caducado", not_before=past - datetime.timedelta(days=30), not_after=past)
+    with pytest.raises((HandshakeFailed, ConnectionClosed)):
+        await open_client("127.0.0.1", port, ssl_context=context, server_hostname="localhost")
+    with trio.fail_after(WAIT):
+        while not [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]:  # noqa: ASYNC110
+            await trio.sleep(0.01)  # the server logs in its own task; nothing to wait on
+    failures = [r for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].levelno == logging.INFO and failures[0].exc_info is None
+    good = await open_client("127.0.0.1", port, ssl_context=pki.client("bueno"), server_hostname="localhost")
+    async with good.stream:
+        listing = await good.request_lines("LISTAR")
+        assert listing == ["CLIENTES 1", listing[1]] and "cert=bueno" in listing[1]
+
+
+async def test_a_handshake_that_never_comes_is_closed(
+    nursery: trio.Nursery, pki: Pki, mock_clock: trio.testing.MockClock
+) -> None:
+    """Real sockets, frozen clock: the slot comes back after the deadline."""
+    port = await tls_server(nursery, pki, max_clients=1, tls_handshake_timeout=10)
+    silent = socket.create_connection(("127.0.0.1", port))
+    silent.setblocking(False)
+    try:
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(11)
+        with trio.fail_after(WAIT):
+            await trio.lowlevel.wait_readable(silent)
+        assert silent.recv(100) == b""  # closed, without a word
+    finally:
+        silent.close()
+    client = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+    await client.aclose()  # the slot was free again
+
+
+async def test_plain_text_on_the_tls_port_is_closed_and_logged_once(
+    nursery: trio.Nursery, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "eco_trio.server")
+    port = await tls_server(nursery, pki)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(b"hola\n")
+        with trio.fail_after(WAIT):
+            while await stream.receive_some():
+                pass
+    failures = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(failures) == 1, failures
+    client = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+    await client.aclose()
+
+
+async def test_a_plain_port_beside_the_tls_one(nursery: trio.Nursery, pki: Pki) -> None:
+    cert, key = pki.files("localhost")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        plain_port = probe.getsockname()[1]
+    await start_server(nursery, tls_cert=cert, tls_key=key, plain_port=plain_port)
+    client = await open_client("127.0.0.1", plain_port)
+    async with client.stream:
+        assert await client.request("hola") == "HOLA"
+
+
+async def test_desconexion_by_certificate(nursery: trio.Nursery, pki: Pki) -> None:
+    port = await tls_server(nursery, pki, tls_ca=pki.ca_file, tls_admin=("operadora",), token="s3creto")
+    other = await open_client(
+        "127.0.0.1", port, ssl_context=pki.client("visita"), server_hostname="localhost"
+    )
+    async with other.stream:
+        assert (await other.request("DESCONEXION")).startswith("ERROR")  # the token is still needed
+    admin = await open_client(
+        "127.0.0.1", port, ssl_context=pki.client("operadora"), server_hostname="localhost"
+    )
+    async with admin.stream:
+        assert await admin.request("DESCONEXION") == "DESCONEXION: apagando el servidor."
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"tls_cert": "a.crt"},
+        {"tls_ca": "ca.pem"},
+        {"tls_cert": "a.crt", "tls_key": "a.key", "tls_admin": ("x",)},
+    ],
+)
+def test_tls_options_that_cannot_work_are_refused(options: dict[str, object]) -> None:
+    from eco_trio.server import ServerConfig
+
+    with pytest.raises(ValueError, match="tls"):
+        ServerConfig(**options)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_openssl_s_client_talks_to_the_tls_server(pki: Pki) -> None:
+    cert, key = pki.files("localhost", "127.0.0.1")
+    with server_process("--tls-cert", cert, "--tls-key", key) as server:
+        result = subprocess.run(
+            ["openssl", "s_client", "-quiet", "-verify_return_error", "-CAfile", pki.ca_file,
+             "-servername", "localhost", "-connect", f"127.0.0.1:{server.port}"],
+            input="hola\nAPAGAR\n", capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("BIENVENIDO") and lines[1:] == ["HOLA", "ADIOS: conexión cerrada."]
+
+
+def test_the_client_command_line_over_tls(pki: Pki) -> None:
+    cert, key = pki.files("localhost", "127.0.0.1")
+    with server_process("--tls-cert", cert, "--tls-key", key) as server:
+        common = ["cliente", "-H", "127.0.0.1", "-p", str(server.port), "--tls-ca", pki.ca_file]
+        ok = subprocess.run(
+            eco(*common, "--tls-server-name", "localhost", "hola"),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert ok.returncode == 0 and ok.stdout == "HOLA\n", ok.stderr
+        piped = subprocess.run(
+            eco(*common, "--tls-server-name", "localhost"),
+            input="uno\ndos\n", capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+        assert piped.returncode == 0 and piped.stdout.splitlines()[1:] == ["UNO", "DOS"], piped.stderr
+        wrong = subprocess.run(
+            eco(*common, "--tls-server-name", "otro.example", "hola"),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1
+        assert "certificate verify failed" in wrong.stderr and "otro.example" in wrong.stderr
+        assert "Traceback" not in wrong.stderr
