@@ -357,6 +357,12 @@ def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
         metavar="N",
         help="run the benchmark on CPU N only (pin the server elsewhere, e.g. with taskset)",
     )
+    bench.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="speak TLS, trusting this CA ('' for the system's store) (default: plain text)",
+    )
+    bench.add_argument("--tls-server-name", metavar="NAME", help="the name to check the certificate against")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead of text")
 
 
@@ -633,6 +639,8 @@ def run_benchmark(args: argparse.Namespace) -> int:
             greeting_lines=args.greeting_lines,
             warmup=args.warmup,
             server_pid=args.server_pid,
+            tls_ca=args.tls_ca,
+            tls_server_name=args.tls_server_name,
         )
     except ValueError as exc:
         print(f"{args.prog} bench: error: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ certificate, and real clients (openssl s_client) end to end."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import shutil
@@ -235,3 +236,48 @@ def test_the_client_command_line_over_tls(pki: Pki) -> None:
         assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1
         assert "certificate verify failed" in wrong.stderr and "otro.example" in wrong.stderr
         assert "Traceback" not in wrong.stderr
+
+
+# --- the limits, over TLS ------------------------------------------------------------
+
+
+async def test_an_over_long_line_over_tls_gets_its_error(nursery: trio.Nursery, pki: Pki) -> None:
+    port = await tls_server(nursery, pki, max_line=1024)
+    client = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+    async with client.stream:
+        await client.stream.send_all(b"x" * 5000 + b"\n")
+        line = await client.receive_line()
+        assert line is not None and line.startswith("ERROR") and "1024" in line
+        assert await client.receive_line() is None
+
+
+async def test_a_full_tls_server_closes_the_newcomer(nursery: trio.Nursery, pki: Pki) -> None:
+    port = await tls_server(nursery, pki, max_clients=1)
+    first = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+    async with first.stream:
+        with pytest.raises((HandshakeFailed, ConnectionClosed)):
+            await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+        assert await first.request("sigo") == "SIGO"
+
+
+async def test_a_tls_client_that_never_reads_meets_the_send_timeout(
+    nursery: trio.Nursery, pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "eco_trio.server")
+    port = await tls_server(nursery, pki, send_timeout=0.5)
+    hog = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+    bystander = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
+
+    async def flood() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for _ in range(2000):
+                await hog.stream.send_all(b"AYUDA\n" * 1000)
+
+    async with bystander.stream, hog.stream:
+        with trio.fail_after(WAIT * 2):
+            async with trio.open_nursery() as flooding:
+                flooding.start_soon(flood)
+                while not [r for r in caplog.records if "took none of our data" in r.getMessage()]:  # noqa: ASYNC110
+                    await trio.sleep(0.05)  # logged by the server's task: nothing to wait on
+                flooding.cancel_scope.cancel()
+        assert await bystander.request("sigo") == "SIGO"
