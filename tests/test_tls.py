@@ -281,3 +281,18 @@ async def test_a_tls_client_that_never_reads_meets_the_send_timeout(
                     await trio.sleep(0.05)  # logged by the server's task: nothing to wait on
                 flooding.cancel_scope.cancel()
         assert await bystander.request("sigo") == "SIGO"
+
+
+@pytest.mark.skipif(shutil.which("socat") is None, reason="socat is not installed")
+def test_socat_over_tls_and_its_close_notify_as_end_of_input(pki: Pki) -> None:
+    """socat sends close_notify at the end of its input: the server answers
+    the last, unterminated line, then closes (TLS's half-close)."""
+    cert, key = pki.files("localhost", "127.0.0.1")
+    with server_process("--tls-cert", cert, "--tls-key", key) as server:
+        result = subprocess.run(
+            ["socat", "-t", "5", "-",
+             f"OPENSSL:127.0.0.1:{server.port},cafile={pki.ca_file},commonname=localhost"],
+            input="hola\nsin salto", capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("BIENVENIDO") and lines[1:] == ["HOLA", "SIN SALTO"], result.stderr
