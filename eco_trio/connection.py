@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import protocol
-from .protocol import Close, Event, ForeignProtocol, ListClients, Reply, ServerProtocol, Shutdown
+from .protocol import Close, Event, ForeignProtocol, ListClients, Reply, ServerProtocol, Shutdown, Status
 from .registry import ClientEntry, listing_rows
 from .socket_stream import SendTimeout, close_at_once
 
@@ -60,18 +60,19 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, entry: Clien
         linger = await _converse(server, stream, entry)
     except SendTimeout as exc:
         # The output bound at work: this client stopped taking its replies.
-        log.info("%s: closed: %s", entry.address, exc)
+        entry.end_reason = f"send timeout: {exc}"
         linger = False
     except trio.BrokenResourceError as exc:
-        log.debug("%s: connection broken: %s", entry.address, exc)
+        entry.end_reason = f"connection broken ({exc})" if str(exc) else "connection broken"
         linger = False
     except Exception:
         # A bug must not take every other client down with this one.
         log.exception("%s: unexpected error; closing this connection", entry.address)
+        entry.end_reason = "internal error"
         linger = False
     finally:
         registry.unregister(entry)
-        log.info("disconnected %s (%d clients)", entry.address, len(registry))
+        server.connection_ended(entry)
         if linger:
             await _close_gracefully(stream)
         else:
@@ -82,7 +83,7 @@ async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry)
     """The request loop; returns whether to linger on close (we are the side
     that closes, and the peer may still be sending)."""
     config = server.config
-    parser = ServerProtocol(config.max_line)
+    parser = ServerProtocol(config.max_line, commands=server.totals.commands)
     receive_some, send_all = stream.receive_some, stream.send_all
     current_time = trio.lowlevel.current_clock().current_time
     pause, idle = config.pause, server.idle_timeout
@@ -107,11 +108,17 @@ async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry)
                 entry.reading = False
                 if timed:
                     scope.deadline = math.inf
+                entry.bytes_in += len(data)
+                entry.lines_in += data.count(b"\n")
                 events = parser.receive_data(data)
                 if events:
                     entry.last_line_at = current_time()
                     if len(events) == 1 and type(events[0]) is Reply:
-                        await send_all(events[0].data)  # the common case, without a call
+                        reply = events[0].data
+                        entry.bytes_out += len(reply)
+                        entry.lines_out += reply.count(b"\n")
+                        await send_all(reply)  # the common case, without a call
+                        del reply  # (see below: nothing of a batch is kept)
                     elif (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
                         return end
                     if parser.has_backlog:
@@ -129,13 +136,14 @@ async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry)
                     last_data = current_time()
         entry.reading = False
         if entry.interrupted:
+            entry.end_reason = "server shutting down"
             for line in entry.pending_notices():
                 await send_all(line)
             return True
         # A timer fired.  The idle timeout ends the conversation; the pause
         # answers the buffered fragment as a line.
         if idle is not None and current_time() >= entry.last_line_at + idle:
-            log.info("%s: idle for %g s, closing", entry.address, idle)
+            entry.end_reason = f"idle for {idle:g} s (--idle-timeout)"
             entry.closing = True
             notice = f"AVISO: {idle:g} s sin recibir una línea; conexión cerrada."
             await send_all(protocol.encode_line(notice))
@@ -189,23 +197,36 @@ async def _answer(
                 reply, accepted = server.shutdown_requested_by(entry, token)
                 out.append(protocol.encode_line(reply))
                 if accepted:
-                    await stream.send_all(b"".join(out))
+                    entry.end_reason = "DESCONEXION"
+                    await _send(stream, entry, b"".join(out))
                     return True
+            case Status(token=token):
+                await _send(stream, entry, b"".join(out) + protocol.encode_lines(server.status_lines(token)))
+                out = []
             case ForeignProtocol(name=name):
                 level, hint = _FOREIGN.get(name, (logging.WARNING, "a client of another protocol"))
                 log.log(level, "%s: closed: it spoke %s to this line server (%s)", entry.address, name, hint)
+                server.totals.refused[name if name == "HTTP" else f"{name} on the plain port"] += 1
+                entry.end_reason = f"{name} spoken"
                 entry.closing = True
                 if out:
-                    await stream.send_all(b"".join(out))
+                    await _send(stream, entry, b"".join(out))
                 return False  # not one more byte: no lingering either
-            case Close():
+            case Close(reason=reason):
                 entry.closing = True
+                entry.end_reason = "the client closed" if reason == "end of input" else reason
                 if out:
-                    await stream.send_all(b"".join(out))
+                    await _send(stream, entry, b"".join(out))
                 return not eof  # at end of input the client closed first
     if out:
-        await stream.send_all(b"".join(out))
+        await _send(stream, entry, b"".join(out))
     return None
+
+
+async def _send(stream: trio.abc.Stream, entry: ClientEntry, data: bytes) -> None:
+    entry.bytes_out += len(data)
+    entry.lines_out += data.count(b"\n")
+    await stream.send_all(data)
 
 
 #: How each foreign protocol is logged: HTTP is how a web page would attack
@@ -228,7 +249,7 @@ async def _send_listing(server: Server, stream: trio.abc.Stream, entry: ClientEn
         if start:
             await trio.lowlevel.checkpoint()
         rows = listing_rows(entries[start : start + LISTING_PART], entry, now)
-        await stream.send_all(before + header + protocol.encode_lines(rows))
+        await _send(stream, entry, before + header + protocol.encode_lines(rows))
         before = header = b""
 
 

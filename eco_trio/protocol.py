@@ -15,8 +15,9 @@ and then calls :meth:`ServerProtocol.flush_fragment`.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from .telnet import TelnetFilter
@@ -28,7 +29,7 @@ GREETING: Final = (
     "Comandos: AYUDA, LISTAR, APAGAR, DESCONEXION."
 )
 HELP: Final = (
-    "COMANDOS: AYUDA (esta ayuda), LISTAR (clientes conectados), "
+    "COMANDOS: AYUDA (esta ayuda), LISTAR (clientes conectados), ESTADO (contadores del servidor), "
     "APAGAR (cerrar esta conexión), DESCONEXION (apagar el servidor); "
     "cualquier otra línea vuelve en mayúsculas."
 )
@@ -38,6 +39,7 @@ SHUTDOWN_ACK: Final = "DESCONEXION: apagando el servidor."
 SHUTDOWN_NOTICE: Final = "AVISO: el servidor se está apagando; conexión cerrada."
 INVALID_UTF8: Final = "ERROR la línea no es UTF-8 válido; se ignora."
 LISTING_HEADER: Final = "CLIENTES"
+STATUS_HEADER: Final = "ESTADO"
 
 
 def line_too_long(limit: int) -> str:
@@ -77,6 +79,13 @@ class Shutdown:
 
 
 @dataclass(frozen=True, slots=True)
+class Status:
+    """``ESTADO [token]``: the server answers with its counters."""
+
+    token: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class ForeignProtocol:
     """The peer speaks another protocol (``"HTTP"``, ``"TLS"``): nothing it
     sent after this is acted on, and the connection should close at once,
@@ -89,10 +98,13 @@ class ForeignProtocol:
 @dataclass(frozen=True, slots=True)
 class Close:
     """The protocol is done with this connection (APAGAR, a fatal error or
-    end of input): send any replies before this event, then close."""
+    end of input): send any replies before this event, then close.
+    ``reason`` says which, for the log (it takes no part in equality)."""
+
+    reason: str = field(default="end of input", compare=False)
 
 
-Event = Reply | ListClients | Shutdown | ForeignProtocol | Close
+Event = Reply | ListClients | Shutdown | Status | ForeignProtocol | Close
 
 
 # --- recognising commands ---------------------------------------------------
@@ -107,14 +119,15 @@ Event = Reply | ListClients | Shutdown | ForeignProtocol | Close
 # cross-protocol guard looks at them; their markers are searched for only
 # when the batch has a "/" or a ":" at all (one memchr each), so the guard
 # costs ordinary text almost nothing.
-_MARKERS: Final = ("APAGAR", "LISTAR", "AYUDA", "DESCONEXI", "SERVIDOR")
+_MARKERS: Final = ("APAGAR", "LISTAR", "AYUDA", "DESCONEXI", "SERVIDOR", "ESTADO")
 
 _CLOSE: Final = Close()
 _LIST: Final = ListClients()
 _SHUTDOWN_WORDS: Final = (b"DESCONEXION", "DESCONEXIÓN".encode(), "DESCONEXIóN".encode())
-_SINGLE_WORD: Final[dict[bytes, tuple[Reply | ListClients | Shutdown, bool]]] = {
+_SINGLE_WORD: Final[dict[bytes, tuple[Reply | ListClients | Shutdown | Status, bool]]] = {
     b"APAGAR": (Reply(encode_line(FAREWELL)), True),
     b"LISTAR": (_LIST, False),
+    b"ESTADO": (Status(None), False),
     b"AYUDA": (Reply(encode_line(HELP)), False),
     **{word: (Shutdown(None), False) for word in _SHUTDOWN_WORDS},
 }
@@ -125,7 +138,7 @@ _HELLO: Final = (Reply(encode_line(HELLO_REPLY)), False)
 _HTTP_REQUEST_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/\d(\.\d)?")
 
 
-def _command(raw: bytes | bytearray) -> tuple[Reply | ListClients | Shutdown, bool] | None:
+def _command(raw: bytes | bytearray) -> tuple[Reply | ListClients | Shutdown | Status, bool] | None:
     """The command the line ``raw`` is, with whether it ends the connection;
     None when it is an ordinary line."""
     words = raw.split()
@@ -137,7 +150,19 @@ def _command(raw: bytes | bytearray) -> tuple[Reply | ListClients | Shutdown, bo
             return _HELLO
         if first in _SHUTDOWN_WORDS:
             return Shutdown(bytes(words[1])), False  # the token, byte for byte
+        if first == b"ESTADO":
+            return Status(bytes(words[1])), False
     return None
+
+
+def _command_name(raw: bytes | bytearray) -> str:
+    """The name a command line is counted under (after :func:`_command`
+    recognised it)."""
+    words = raw.split()
+    first = bytes(words[0].upper())
+    if first.startswith(b"DESCONEXI"):
+        return "DESCONEXION"
+    return "HOLA SERVIDOR" if first == b"HOLA" else first.decode()
 
 
 def _is_http(raw: bytes | bytearray) -> bool:
@@ -221,9 +246,20 @@ class ServerProtocol:
     slowed down rather than buffered.
     """
 
-    __slots__ = ("_backlog", "_buffer", "_closed", "_fresh", "_held", "_max_line", "_position", "_telnet")
+    __slots__ = (
+        "_backlog",
+        "_buffer",
+        "_close_reason",
+        "_closed",
+        "_commands",
+        "_fresh",
+        "_held",
+        "_max_line",
+        "_position",
+        "_telnet",
+    )
 
-    def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE, *, commands: Counter[str] | None = None) -> None:
         if max_line < 1:
             raise ValueError("max_line must be at least 1")
         # A fragment grows in place: re-joining bytes on every read would make
@@ -240,6 +276,9 @@ class ServerProtocol:
         self._position = 0
         # Set at the first byte 255 (telnet's IAC), which UTF-8 never has.
         self._telnet: TelnetFilter | None = None
+        #: Counts each command recognised, by name (for ESTADO), if given.
+        self._commands = commands
+        self._close_reason = "end of input"
 
     @property
     def has_fragment(self) -> bool:
@@ -383,7 +422,7 @@ class ServerProtocol:
         if self._closed:
             self._release_backlog()
             self._buffer.clear()
-            events.append(_CLOSE)
+            events.append(Close(self._close_reason))
         elif position >= len(backlog):
             self._release_backlog()
         else:
@@ -400,16 +439,18 @@ class ServerProtocol:
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if len(raw) > max_line:
-            self._closed = True
+            self._closed, self._close_reason = True, "line too long"
             return encode_line(line_too_long(max_line))
         command = _command(raw)
         if command is not None:
             event, closes = command
+            if self._commands is not None:
+                self._commands[_command_name(raw)] += 1
             if closes:
-                self._closed = True
+                self._closed, self._close_reason = True, "APAGAR"
             return event.data if isinstance(event, Reply) else event
         if _is_http(raw):
-            self._closed = True
+            self._closed, self._close_reason = True, "HTTP request"
             return ForeignProtocol("HTTP")
         try:
             return (raw.decode().upper() + "\n").encode()
@@ -419,7 +460,7 @@ class ServerProtocol:
     def _foreign(self, name: str) -> list[Event]:
         self._closed = True
         self._buffer.clear()
-        return [ForeignProtocol(name), _CLOSE]
+        return [ForeignProtocol(name), Close(f"{name} on the plain port")]
 
     def _fragment_events(self) -> list[Event]:
         """The buffered fragment, answered as a complete line."""
@@ -435,9 +476,9 @@ class ServerProtocol:
         limit = self._max_line + self._buffer.endswith(b"\r")
         if len(self._buffer) > limit and not self._closed:
             self._buffer.clear()
-            self._closed = True
+            self._closed, self._close_reason = True, "line too long"
             events.append(Reply(encode_line(line_too_long(self._max_line))))
-            events.append(_CLOSE)
+            events.append(Close(self._close_reason))
         return events
 
 

@@ -44,6 +44,13 @@ class ClientEntry:
     interrupted: bool = False
     #: The names in the client's TLS certificate (mutual TLS), if any.
     certificate_names: tuple[str, ...] = ()
+    # What this client has sent and been sent (LISTAR, ESTADO, the log).
+    lines_in: int = 0
+    lines_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: Why the conversation ended, for the log and ESTADO.
+    end_reason: str = "connection ended"
     scope: trio.CancelScope | None = field(default=None, repr=False)
     # The outbox channel is opened on first use: a channel pair costs about
     # 1.8 KiB, as much as the connection's task, and most connections never
@@ -137,6 +144,7 @@ def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, 
             f"{entry.address} conectado={now - entry.connected_at:.0f}s"
             f" inactivo={now - entry.last_line_at:.0f}s"
         )
+        row += f" lineas={entry.lines_in}/{entry.lines_out} bytes={entry.bytes_in}/{entry.bytes_out}"
         if entry.certificate_names:
             row += f" cert={entry.certificate_names[0]}"
         rows.append(row + " (tú)" if entry is requester else row)

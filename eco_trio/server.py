@@ -16,19 +16,22 @@ import hmac
 import ipaddress
 import logging
 import math
+import os
 import socket
 import ssl
 import sys
+import time
 from dataclasses import dataclass
 from functools import partial
 
 import trio
 
-from . import protocol, tls
+from . import __version__, protocol, tls
 from .connection import serve_connection
 from .readiness import Readiness, io_path, open_readiness
 from .registry import ClientEntry, Registry, format_address
 from .socket_stream import SocketStream
+from .stats import Totals, memory, slug
 
 log = logging.getLogger("eco_trio.server")
 
@@ -48,6 +51,8 @@ _CONNECTION_ACCEPT_ERRORS = {
 #: makes the loop wait this long before trying again, as trio's
 #: serve_listeners does: the server must neither stop nor spin.
 _ACCEPT_BACKOFF = 0.1
+#: The causes ESTADO always shows a refusal count for (0 when none).
+_REFUSALS = ("full", "HTTP", "TLS on the plain port", "TLS handshake")
 #: Idle timeout when listening beyond loopback and none was chosen: a slot
 #: held by a silent client is freed after this long (nginx closes a silent
 #: client after 60 s; an interactive line session deserves longer).
@@ -145,6 +150,8 @@ class Server:
         self._refusals = _Throttled(logging.WARNING)
         self._skipped_accepts = _Throttled(logging.WARNING)
         self._failed_accepts = _Throttled(logging.ERROR)
+        self.totals = Totals()
+        self.io_path = "-"
 
     @property
     def shutting_down(self) -> bool:
@@ -153,6 +160,62 @@ class Server:
     def shutdown(self) -> None:
         """Start the graceful shutdown (idempotent)."""
         self._shutdown.set()
+
+    def connection_ended(self, entry: ClientEntry) -> None:
+        """Count a finished conversation and log why it ended."""
+        self.totals.connection_ended(entry, entry.end_reason)
+        clients = len(self.registry)
+        log.info(
+            "disconnected %s: %s, after %.1f s, %d lines in, %d out (%d client%s left)",
+            entry.address,
+            entry.end_reason,
+            trio.current_time() - entry.connected_at,
+            entry.lines_in,
+            entry.lines_out,
+            clients,
+            "" if clients == 1 else "s",
+        )
+
+    def handshake_failed(self, entry: ClientEntry) -> None:
+        self.registry.unregister(entry)
+        self.totals.refused["TLS handshake"] += 1
+
+    def status_lines(self, token: bytes | None) -> list[str]:
+        """ESTADO's reply: a header, then ``clave valor`` lines.  With a
+        token set, only for who sends it (as DESCONEXION)."""
+        config = self.config
+        if config.token is not None:
+            assert isinstance(config.token, bytes)
+            if token is None or not hmac.compare_digest(token, config.token):
+                return ["ERROR ESTADO requiere el token: ESTADO <token>."]
+        pairs = self.status()
+        return [f"{protocol.STATUS_HEADER} {len(pairs)}", *(f"{key} {value}" for key, value in pairs.items())]
+
+    def status(self) -> dict[str, object]:
+        """Every counter and setting ESTADO and the metrics show."""
+        config, totals = self.config, self.totals
+        live = self.registry.snapshot()
+        current, peak = memory()
+        pairs: dict[str, object] = {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": int(time.monotonic() - totals.started_at),
+            "io_path": self.io_path,
+            "tls": "si" if config.tls_cert else "no",
+            "clients": len(live),
+            "connections_total": totals.connections,
+            **{f"refused_{slug(cause)}": totals.refused[cause] for cause in _REFUSALS},
+            **totals.snapshot(live),
+            **{f"command_{slug(name)}": count for name, count in sorted(totals.commands.items())},
+            **{f"disconnects_{slug(reason)}": n for reason, n in sorted(totals.disconnects.items())},
+            "rss_bytes": current if current is not None else "-",
+            "peak_rss_bytes": peak if peak is not None else "-",
+            "max_clients": config.max_clients,
+            "max_line": config.max_line,
+            "idle_timeout_s": self.idle_timeout if self.idle_timeout is not None else "off",
+            "send_timeout_s": config.send_timeout,
+        }
+        return pairs
 
     def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> tuple[str, bool]:
         """Decide on a client's DESCONEXION: the reply, and whether it was
@@ -208,6 +271,18 @@ class Server:
         self.idle_timeout = idle_timeout_in_force(config, addresses)
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
+        self.io_path = io_path(config.io)
+        log.info(
+            "eco_trio %s, pid %d, I/O path %s; limits: --max-clients %d, --max-line %d, "
+            "--idle-timeout %s, --send-timeout %g s",
+            __version__,
+            os.getpid(),
+            self.io_path,
+            config.max_clients,
+            config.max_line,
+            f"{self.idle_timeout:g} s" if self.idle_timeout is not None else "off",
+            config.send_timeout,
+        )
         # The I/O path outlives every connection; the cancel scope is the shared one.
         with open_readiness(config.io) as readiness, trio.CancelScope() as connections_scope:
             async with trio.open_nursery() as connections:
@@ -220,6 +295,7 @@ class Server:
                         for address, (_, sock_context) in zip(addresses, listeners, strict=True):
                             kind = "TLS" if sock_context is not None else "plain text"
                             log.info("listening on %s (%s)", address, kind)
+                        acceptors.start_soon(self._flush_counts_every_second)
                         task_status.started(addresses)
                         await self._shutdown.wait()
                         acceptors.cancel_scope.cancel()
@@ -233,7 +309,18 @@ class Server:
                 connections_scope.deadline = trio.current_time() + config.grace
         if connections_scope.cancelled_caught:
             log.info("grace period over: remaining connections cancelled")
+        self.flush_counts()
         log.info("server stopped")
+
+    def flush_counts(self) -> None:
+        """Log what the once-a-second log lines have not said yet."""
+        for throttled in (self._refusals, self._skipped_accepts, self._failed_accepts):
+            throttled.flush()
+
+    async def _flush_counts_every_second(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            self.flush_counts()
 
     async def _accept_loop(
         self,
@@ -273,10 +360,12 @@ class Server:
                 if entry is None:
                     # A TLS client could not read a plain line; it is just closed.
                     _refuse(sock, self._refusal_line if context is None else b"")
+                    self.totals.refused["full"] += 1
                     self._refusals.note(
                         "refused %s: already %d clients (--max-clients)", address, registry.max_clients
                     )
                 else:
+                    self.totals.connections += 1
                     log.info("connected %s (%d clients)", address, len(registry))  # in accept order
                     if not _OPTIONS_INHERITED:
                         _tune(sock)
@@ -291,7 +380,7 @@ class Server:
                             context,
                             self.config.tls_handshake_timeout,
                             partial(serve_connection, self),
-                            self.registry.unregister,
+                            self.handshake_failed,
                         )
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
@@ -319,19 +408,29 @@ class _Throttled:
     (refusals, accept errors): at most one a second, each with how many
     happened since the previous one, so a flood does not flood the log."""
 
-    __slots__ = ("_count", "_level", "_logged_at")
+    __slots__ = ("_count", "_last", "_level", "_logged_at")
 
     def __init__(self, level: int) -> None:
         self._level = level
         self._count = 0
         self._logged_at = -math.inf
+        self._last: tuple[str, tuple[object, ...]] | None = None
 
     def note(self, message: str, *args: object) -> None:
         self._count += 1
+        self._last = (message, args)
         now = trio.current_time()
         if now - self._logged_at >= 1.0:
+            self.flush(now)
+
+    def flush(self, now: float | None = None) -> None:
+        """Log the count not yet logged, if any (once a second, and at
+        shutdown, so no burst goes unreported)."""
+        if self._count and self._last is not None:
+            message, args = self._last
             log.log(self._level, message + " (%d since the last report)", *args, self._count)
-            self._count, self._logged_at = 0, now
+            self._count = 0
+            self._logged_at = trio.current_time() if now is None else now
 
 
 def _tune(sock: socket.socket) -> None:

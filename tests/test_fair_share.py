@@ -298,7 +298,7 @@ async def test_a_tls_client_on_the_plain_port_gets_a_clean_close(
     await trio.to_thread.run_sync(handshake)
     async with running.peer() as good:
         await still_served(good)
-    records = [r.getMessage() for r in caplog.records if "TLS" in r.getMessage()]
+    records = [r.getMessage() for r in caplog.records if "spoke TLS" in r.getMessage()]
     assert len(records) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 

@@ -23,7 +23,9 @@ def test_listing_shows_age_idle_and_the_requester() -> None:
     entry = registry.register("127.0.0.1:1", now=10.0)
     assert entry is not None
     entry.last_line_at = 12.0
-    assert registry.listing(entry, now=15.0) == ["127.0.0.1:1 conectado=5s inactivo=3s (tú)"]
+    assert registry.listing(entry, now=15.0) == [
+        "127.0.0.1:1 conectado=5s inactivo=3s lineas=0/0 bytes=0/0 (tú)"
+    ]
 
 
 async def test_notify_goes_through_the_outbox_and_interrupts_a_reader() -> None:

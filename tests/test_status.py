@@ -1,0 +1,57 @@
+"""ESTADO's counters after a scripted session, the disconnect log, and the
+token that guards ESTADO like DESCONEXION."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+
+from .helpers import Peer, start_server
+
+
+async def status(peer: Peer, request: bytes = b"ESTADO") -> dict[str, str]:
+    header = await peer.request(request)
+    assert header.startswith(b"ESTADO "), header
+    rows = await peer.lines(int(header.split()[1]))
+    return dict(row.decode().split(" ", 1) for row in rows)  # type: ignore[misc]
+
+
+async def test_counters_after_a_known_session(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "eco_trio.server")
+    running = await start_server(nursery, max_clients=2, max_line=1024)
+    async with running.peer() as first:
+        assert await first.request(b"hola") == b"HOLA"
+        assert (await first.request(b"AYUDA")).startswith(b"COMANDOS")
+        async with running.peer() as second:
+            async with running.peer(greeted=False) as refused:
+                assert (await refused.line()).startswith(b"ERROR demasiados clientes")
+            await second.send(b"x" * 2000 + b"\n")
+            assert (await second.line()).startswith(b"ERROR")
+            assert await second.expect_eof() == b""
+        async with running.peer() as leaving:
+            assert await leaving.request(b"APAGAR") == "ADIOS: conexión cerrada.".encode()
+            assert await leaving.expect_eof() == b""
+        await trio.testing.wait_all_tasks_blocked()
+        counters = await status(first)
+    assert counters["clients"] == "1"
+    assert counters["connections_total"] == "3"
+    assert counters["refused_full"] == "1"
+    assert counters["command_ayuda"] == "1" and counters["command_apagar"] == "1"
+    assert counters["command_estado"] == "1"
+    assert counters["disconnects_line_too_long"] == "1" and counters["disconnects_apagar"] == "1"
+    assert int(counters["lines_in"]) == 2 + 1 + 1 + 1  # first: hola, AYUDA, ESTADO; second; leaving
+    assert counters["io_path"] in ("epoll", "portable") and counters["version"]
+    reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disconnected")]
+    assert any(": line too long, after " in reason and "1 lines in" in reason for reason in reasons)
+    assert any(": APAGAR, after " in reason for reason in reasons)
+
+
+async def test_with_a_token_estado_needs_it(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery, token="s3creto")
+    async with running.peer() as peer:
+        assert (await peer.request(b"ESTADO")).startswith(b"ERROR ESTADO requiere el token")
+        assert "clients" in await status(peer, b"ESTADO s3creto")
