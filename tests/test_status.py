@@ -15,7 +15,8 @@ async def status(peer: Peer, request: bytes = b"ESTADO") -> dict[str, str]:
     header = await peer.request(request)
     assert header.startswith(b"ESTADO "), header
     rows = await peer.lines(int(header.split()[1]))
-    return dict(row.decode().split(" ", 1) for row in rows)  # type: ignore[misc]
+    pairs = [row.decode().partition(" ") for row in rows]
+    return {key: value for key, _, value in pairs}
 
 
 async def test_counters_after_a_known_session(
