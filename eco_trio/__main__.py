@@ -19,7 +19,7 @@ from typing import NoReturn, TypeVar
 
 import trio
 
-from . import __version__, open_files, tls
+from . import __version__, logs, open_files, tls
 from .bench import MODES, BenchConfig, format_result, run_bench
 from .client import (
     DEFAULT_CLOSE_WAIT,
@@ -216,6 +216,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="(default: %(default)s)",
     )
+    server.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="text lines, or one JSON object per line (default: %(default)s)",
+    )
 
     client = commands.add_parser(
         "cliente",
@@ -403,9 +409,7 @@ def run_server(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"{args.prog} servidor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logs.configure(args.log_level, args.log_format, sys.stderr)
     config = dataclasses.replace(config, max_clients=open_files.fit_clients(config.max_clients))
     try:
         return trio.run(_serve_until_stopped, config)
@@ -440,6 +444,8 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
                 nonlocal forced
                 async for signum in signals:
                     name = signal.Signals(signum).name
+                    if signum == signal.SIGINT and sys.stderr.isatty():
+                        sys.stderr.write("\n")  # the log goes on below the terminal's ^C
                     if server.shutting_down:
                         log.warning("%s again: stopping now", name)
                         forced = True
@@ -451,6 +457,9 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
             nursery.start_soon(watch_signals)
             await server.serve()
             nursery.cancel_scope.cancel()
+    if forced:
+        server.flush_counts()
+        log.warning("server stopped at once: connections still open were cut")
     return EXIT_INTERRUPTED if forced else EXIT_OK
 
 

@@ -174,6 +174,7 @@ class Server:
             entry.lines_out,
             clients,
             "" if clients == 1 else "s",
+            extra={"event": "disconnected", "peer": entry.address, "reason": entry.end_reason},
         )
 
     def handshake_failed(self, entry: ClientEntry) -> None:
@@ -366,7 +367,12 @@ class Server:
                     )
                 else:
                     self.totals.connections += 1
-                    log.info("connected %s (%d clients)", address, len(registry))  # in accept order
+                    log.info(  # in accept order
+                        "connected %s (%d clients)",
+                        address,
+                        len(registry),
+                        extra={"event": "connected", "peer": address},
+                    )
                     if not _OPTIONS_INHERITED:
                         _tune(sock)
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)

@@ -572,3 +572,24 @@ def test_dash_capital_v_and_the_program_name_as_invoked() -> None:
         [str(script), "cliente", "--port", "x"], capture_output=True, text=True, timeout=TIMEOUT
     )
     assert usage.returncode == 2 and usage.stderr.startswith("eco_trio cliente: error:")
+
+
+def test_json_logs_one_object_a_line_with_peer_and_event() -> None:
+    with server_process("--log-format", "json") as server:
+        assert client(server.port, "hola", "APAGAR").returncode == 0
+        assert client(server.port, "DESCONEXION").returncode == 0
+        assert server.process.wait(TIMEOUT) == 0
+    import json
+
+    records = [json.loads(line) for line in server.log if line.strip()]
+    assert all({"time", "level", "message"} <= record.keys() for record in records)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", records[0]["time"])
+    assert records[0]["message"].startswith(f"eco_trio {eco_trio.__version__}, pid {server.process.pid}")
+    events = [record for record in records if record.get("event") == "disconnected"]
+    assert events[0]["reason"] == "APAGAR" and events[0]["peer"].startswith("127.0.0.1:")
+
+
+def test_text_logs_have_iso_timestamps_with_the_offset() -> None:
+    with server_process() as server:
+        pass
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d INFO eco_trio ", server.log[0])
