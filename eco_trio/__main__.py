@@ -203,6 +203,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="with TLS on --port, also listen in plain text on this port",
     )
     server.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST: 127.0.0.1 if left out) "
+        "(default: off)",
+    )
+    server.add_argument(
         "--io",
         choices=IO_PATHS,
         default="auto",
@@ -398,6 +404,7 @@ def run_server(args: argparse.Namespace) -> int:
             tls_handshake_timeout=args.tls_handshake_timeout,
             tls_admin=tuple(args.tls_admin),
             plain_port=args.plain_port,
+            metrics=args.metrics,
         )
         if config.tls_cert is not None and config.tls_key is not None:
             tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line

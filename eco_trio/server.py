@@ -99,6 +99,8 @@ class ServerConfig:
     tls_admin: tuple[str, ...] = ()
     #: With TLS, a plain-text listener on this port too (None: none).
     plain_port: int | None = None
+    #: Serve Prometheus metrics on this ``[HOST:]PORT`` (None: no).
+    metrics: str | None = None
 
     def __post_init__(self) -> None:
         positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
@@ -128,6 +130,13 @@ class ServerConfig:
             raise ValueError(
                 f"tls_handshake_timeout must be greater than 0, not {self.tls_handshake_timeout}"
             )
+        if self.metrics is not None:
+            from .metrics import parse_address
+
+            try:
+                parse_address(self.metrics)
+            except ValueError as exc:
+                raise ValueError(f"--metrics takes [HOST:]PORT, not {self.metrics!r}: {exc}") from None
         if self.plain_port is not None and not 0 <= self.plain_port <= 65535:
             raise ValueError(f"plain_port must be between 0 and 65535, not {self.plain_port}")
 
@@ -152,6 +161,8 @@ class Server:
         self._failed_accepts = _Throttled(logging.ERROR)
         self.totals = Totals()
         self.io_path = "-"
+        #: Where the metrics are served (``ip:port``), once serve() runs.
+        self.metrics_address: str | None = None
 
     @property
     def shutting_down(self) -> bool:
@@ -284,6 +295,34 @@ class Server:
             f"{self.idle_timeout:g} s" if self.idle_timeout is not None else "off",
             config.send_timeout,
         )
+        metrics_server = None
+        if config.metrics is not None:
+            from . import metrics
+
+            host, port = metrics.parse_address(config.metrics)
+            try:
+                metrics_server = metrics.start(self, host, port)
+            except BaseException:
+                for sock, _ in listeners:
+                    sock.close()
+                raise
+            self.metrics_address = format_address(metrics_server.server_address)
+            log.info("metrics on http://%s/metrics", self.metrics_address)
+        try:
+            await self._serve(listeners, addresses, task_status)
+        finally:
+            if metrics_server is not None:
+                # Its own thread: shutdown() waits for it, briefly.
+                await trio.to_thread.run_sync(metrics_server.shutdown)
+                metrics_server.server_close()
+
+    async def _serve(
+        self,
+        listeners: list[tuple[socket.socket, ssl.SSLContext | None]],
+        addresses: list[str],
+        task_status: trio.TaskStatus[list[str]],
+    ) -> None:
+        config = self.config
         # The I/O path outlives every connection; the cancel scope is the shared one.
         with open_readiness(config.io) as readiness, trio.CancelScope() as connections_scope:
             async with trio.open_nursery() as connections:

@@ -4,11 +4,12 @@ token that guards ESTADO like DESCONEXION."""
 from __future__ import annotations
 
 import logging
+import urllib.request
 
 import pytest
 import trio
 
-from .helpers import Peer, start_server
+from .helpers import WAIT, Peer, start_server
 
 
 async def status(peer: Peer, request: bytes = b"ESTADO") -> dict[str, str]:
@@ -56,3 +57,33 @@ async def test_with_a_token_estado_needs_it(nursery: trio.Nursery) -> None:
     async with running.peer() as peer:
         assert (await peer.request(b"ESTADO")).startswith(b"ERROR ESTADO requiere el token")
         assert "clients" in await status(peer, b"ESTADO s3creto")
+
+
+async def test_the_prometheus_scrape_counts_what_estado_counts(nursery: trio.Nursery) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    running = await start_server(nursery, max_clients=1, metrics="127.0.0.1:0")
+    address = running.server.metrics_address
+    assert address is not None
+    async with running.peer() as peer:
+        await peer.request(b"hola")
+        await peer.request(b"AYUDA")
+        async with running.peer(greeted=False) as refused:
+            await refused.line()
+        counters = await status(peer)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=WAIT) as response:
+                return str(response.read().decode())
+
+        text = await trio.to_thread.run_sync(scrape)
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert samples["eco_trio_clients", ()] == int(counters["clients"]) == 1
+    assert samples["eco_trio_connections_total", ()] == int(counters["connections_total"])
+    assert samples["eco_trio_refused_total", (("cause", "full"),)] == int(counters["refused_full"]) == 1
+    assert samples["eco_trio_commands_total", (("command", "AYUDA"),)] == 1
+    assert samples["eco_trio_lines_received_total", ()] == int(counters["lines_in"])
