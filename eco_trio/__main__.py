@@ -48,6 +48,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: bench: the server left requests unanswered (closed, refused, said ERROR).
+EXIT_UNANSWERED = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +75,16 @@ def _not_negative(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
     if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def _not_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
+    if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
@@ -300,6 +312,8 @@ def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     bench = commands.add_parser(
         "bench",
         help="measure a server",
+        epilog="Exit status: 0 every reply right; 1 a wrong reply; 2 a usage error; 3 requests left "
+        "unanswered (the server closed, refused or said ERROR; the reason is printed in its own words).",
         description="Load-test a server (eco_trio or any line-uppercasing one) and check every reply. "
         "On a small machine, pin the server and the benchmark to different cores, e.g. "
         "'taskset -c 1 python -m eco_trio servidor' and 'taskset -c 0 python -m eco_trio bench'.",
@@ -343,14 +357,14 @@ def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
     )
     bench.add_argument(
         "--greeting-lines",
-        type=int,
+        type=_not_negative_int,
         default=1,
         metavar="N",
         help="lines the server sends on connect, skipped (default: %(default)s)",
     )
     bench.add_argument(
         "--warmup",
-        type=float,
+        type=_not_negative,
         default=0.5,
         metavar="S",
         help="seconds of load before measuring (default: %(default)s)",
@@ -677,7 +691,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
     live = sys.stderr.isatty() and not args.json
 
     def progress(elapsed: float, replies: int) -> None:
-        sys.stderr.write(f"\r  {elapsed:4.1f} s  {replies / elapsed if elapsed else 0:>12,.0f} replies/s")
+        left = max(0.0, args.seconds - elapsed)
+        rate = replies / elapsed if elapsed else 0
+        sys.stderr.write(
+            f"\r\x1b[2K  {elapsed:4.1f} s done, {left:4.1f} s left  {replies:>12,} replies  {rate:>12,.0f}/s"
+        )
         sys.stderr.flush()
 
     try:
@@ -694,9 +712,11 @@ def run_benchmark(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict()))
     else:
         print(format_result(result))
-    if result.errors or result.mismatches:
+    if result.mismatches:
         return EXIT_FAILURE
-    return EXIT_OK if result.replies or result.connections_held else EXIT_USAGE
+    if result.errors or not (result.replies or result.connections_held):
+        return EXIT_UNANSWERED
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:

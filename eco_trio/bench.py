@@ -260,15 +260,24 @@ class _Run:
             return None
         conn.inbuf += data
         while conn.greeting_left and b"\n" in conn.inbuf:
-            del conn.inbuf[: conn.inbuf.index(b"\n") + 1]
+            greeting = bytes(conn.inbuf[: conn.inbuf.index(b"\n")])
+            if greeting.startswith(b"ERROR"):  # e.g. the server is full
+                self.error(f"the server said: {greeting.decode(errors='replace')}")
+                return None
+            del conn.inbuf[: len(greeting) + 1]
             conn.greeting_left -= 1
         end = conn.inbuf.rfind(b"\n") + 1
         if not end or conn.greeting_left:
             return 0
         if len(conn.expected) < end or conn.inbuf[:end] != conn.expected[:end]:
+            said = _server_words(conn.inbuf[:end], conn.expected)
+            if said is not None:  # not a wrong reply: the server said why it stopped answering
+                self.error(f"the server said: {said}")
+                return None
             self.mismatches += 1
             if not self.first_error:
-                self.first_error = f"mismatch: got {bytes(conn.inbuf[:end])[:80]!r}"
+                got = bytes(conn.inbuf[:end])[:80].decode(errors="replace").rstrip("\n")
+                self.first_error = f"wrong reply: got {got!r}"
             return None
         count = conn.inbuf.count(b"\n", 0, end)
         del conn.inbuf[:end]
@@ -476,6 +485,23 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
         return round(ordered[min(last, int(q * len(ordered)))] * 1e6, 1)
 
     return {"p50": at(0.5), "p99": at(0.99), "p99.9": at(0.999), "max": round(ordered[-1] * 1e6, 1)}
+
+
+def _server_words(received: bytes | bytearray, expected: bytes | bytearray) -> str | None:
+    """The first line the server sent that is not an expected reply, if it
+    is one of its own messages (ERROR ..., AVISO ...) rather than a wrong
+    echo."""
+    start = 0
+    while start < len(received):
+        end = received.find(b"\n", start)
+        end = len(received) if end < 0 else end
+        line = bytes(received[start:end])
+        if line != bytes(expected[start:end]):
+            if line.startswith((b"ERROR", b"AVISO")):
+                return line.decode(errors="replace")
+            return None
+        start = end + 1
+    return None
 
 
 def _cpu_seconds() -> float:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -118,3 +120,39 @@ def test_bench_without_a_server_is_one_clear_line() -> None:
     )
     assert result.returncode == 1
     assert result.stderr.count("\n") == 1 and f"127.0.0.1:{port}" in result.stderr
+
+
+# --- misuse and the server's own words -------------------------------------------------
+
+
+@pytest.mark.parametrize("option", [["--greeting-lines", "-1"], ["--warmup", "-5"]])
+def test_bench_refuses_negative_options_in_one_line(option: list[str]) -> None:
+    result = subprocess.run(eco("bench", *option), capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "must be 0 or more" in result.stderr
+
+
+def test_bench_against_a_full_server_says_what_the_server_said() -> None:
+    with (
+        server_process("--max-clients", "1") as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT),
+    ):
+        result = subprocess.run(
+            eco("bench", "-p", str(server.port), "--clients", "2", "--seconds", "0.3", "--warmup", "0"),
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "the server said: ERROR demasiados clientes" in result.stdout
+    assert "mismatches 0" in result.stdout
+
+
+def test_bench_tells_a_server_shutting_down_from_a_wrong_reply() -> None:
+    with server_process() as server:
+        bench = subprocess.Popen(
+            eco("bench", "-p", str(server.port), "--clients", "5", "--seconds", "3", "--warmup", "0"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1)
+        server.process.send_signal(signal.SIGTERM)
+        out, _ = bench.communicate(timeout=TIMEOUT)
+    assert bench.returncode == 3, out
+    assert "mismatches 0" in out and ("the server said: AVISO" in out or "closed" in out)
