@@ -109,14 +109,17 @@ async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry)
                 if timed:
                     scope.deadline = math.inf
                 entry.bytes_in += len(data)
-                entry.lines_in += data.count(b"\n")
+                lines = data.count(b"\n")
+                entry.lines_in += lines
                 events = parser.receive_data(data)
                 if events:
                     entry.last_line_at = current_time()
                     if len(events) == 1 and type(events[0]) is Reply:
                         reply = events[0].data
                         entry.bytes_out += len(reply)
-                        entry.lines_out += reply.count(b"\n")
+                        # One reply line per line this read completed (the
+                        # fast path's case), or the flushed fragment's one.
+                        entry.lines_out += lines or 1
                         await send_all(reply)  # the common case, without a call
                         del reply  # (see below: nothing of a batch is kept)
                     elif (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
