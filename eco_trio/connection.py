@@ -60,10 +60,10 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, entry: Clien
         linger = await _converse(server, stream, entry)
     except SendTimeout as exc:
         # The output bound at work: this client stopped taking its replies.
-        entry.end_reason = f"send timeout: {exc}"
+        entry.end_reason, entry.end_detail = "send timeout", str(exc)
         linger = False
     except trio.BrokenResourceError as exc:
-        entry.end_reason = f"connection broken ({exc})" if str(exc) else "connection broken"
+        entry.end_reason, entry.end_detail = "connection broken", str(exc)
         linger = False
     except Exception:
         # A bug must not take every other client down with this one.
@@ -146,7 +146,7 @@ async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry)
         # A timer fired.  The idle timeout ends the conversation; the pause
         # answers the buffered fragment as a line.
         if idle is not None and current_time() >= entry.last_line_at + idle:
-            entry.end_reason = f"idle for {idle:g} s (--idle-timeout)"
+            entry.end_reason, entry.end_detail = "idle timeout", f"no line for {idle:g} s (--idle-timeout)"
             entry.closing = True
             notice = f"AVISO: {idle:g} s sin recibir una línea; conexión cerrada."
             await send_all(protocol.encode_line(notice))

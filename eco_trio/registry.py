@@ -49,8 +49,10 @@ class ClientEntry:
     lines_out: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    #: Why the conversation ended, for the log and ESTADO.
+    #: Why the conversation ended: one of a few words, for ESTADO and the
+    #: metrics' labels; the detail only goes to the log.
     end_reason: str = "connection ended"
+    end_detail: str = ""
     scope: trio.CancelScope | None = field(default=None, repr=False)
     # The outbox channel is opened on first use: a channel pair costs about
     # 1.8 KiB, as much as the connection's task, and most connections never

@@ -179,7 +179,7 @@ class Server:
         log.info(
             "disconnected %s: %s, after %.1f s, %d lines in, %d out (%d client%s left)",
             entry.address,
-            entry.end_reason,
+            f"{entry.end_reason} ({entry.end_detail})" if entry.end_detail else entry.end_reason,
             trio.current_time() - entry.connected_at,
             entry.lines_in,
             entry.lines_out,

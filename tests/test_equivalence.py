@@ -10,7 +10,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eco_trio.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, _command
+from eco_trio.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, Status, _command
 from eco_trio.readiness import EPOLL_AVAILABLE
 from eco_trio.server import Server, ServerConfig
 
@@ -23,11 +23,12 @@ pieces = st.one_of(
 
 
 def needs_no_server_state(text: str) -> bool:
-    """LISTAR and DESCONEXION answer from the server's state (who is
-    connected, whether it shuts down), which the two paths do not share."""
+    """LISTAR, ESTADO and DESCONEXION answer from the server's state (who
+    is connected, counters, whether it shuts down), which the paths do not
+    share."""
     for line in text.split("\n"):
         command = _command(line.encode())
-        if command is not None and isinstance(command[0], Shutdown | ListClients):
+        if command is not None and isinstance(command[0], Shutdown | ListClients | Status):
             return False
     return True
 
