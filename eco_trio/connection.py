@@ -84,6 +84,7 @@ async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry)
     that closes, and the peer may still be sending)."""
     config = server.config
     parser = ServerProtocol(config.max_line, commands=server.totals.commands)
+    entry.protocol = parser
     receive_some, send_all = stream.receive_some, stream.send_all
     current_time = trio.lowlevel.current_clock().current_time
     pause, idle = config.pause, server.idle_timeout

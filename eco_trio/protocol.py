@@ -257,6 +257,7 @@ class ServerProtocol:
         "_max_line",
         "_position",
         "_telnet",
+        "last_command",
     )
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE, *, commands: Counter[str] | None = None) -> None:
@@ -279,6 +280,8 @@ class ServerProtocol:
         #: Counts each command recognised, by name (for ESTADO), if given.
         self._commands = commands
         self._close_reason = "end of input"
+        #: The name of the last command this client sent (LISTAR shows it).
+        self.last_command: str | None = None
 
     @property
     def has_fragment(self) -> bool:
@@ -444,8 +447,9 @@ class ServerProtocol:
         command = _command(raw)
         if command is not None:
             event, closes = command
+            self.last_command = _command_name(raw)
             if self._commands is not None:
-                self._commands[_command_name(raw)] += 1
+                self._commands[self.last_command] += 1
             if closes:
                 self._closed, self._close_reason = True, "APAGAR"
             return event.data if isinstance(event, Reply) else event

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .protocol import ServerProtocol
+
 OUTBOX_SIZE = 4
 
 
@@ -53,6 +55,8 @@ class ClientEntry:
     #: metrics' labels; the detail only goes to the log.
     end_reason: str = "connection ended"
     end_detail: str = ""
+    #: The conversation's protocol state, for the last command LISTAR shows.
+    protocol: ServerProtocol | None = field(default=None, repr=False)
     scope: trio.CancelScope | None = field(default=None, repr=False)
     # The outbox channel is opened on first use: a channel pair costs about
     # 1.8 KiB, as much as the connection's task, and most connections never
@@ -147,6 +151,8 @@ def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, 
             f" inactivo={now - entry.last_line_at:.0f}s"
         )
         row += f" lineas={entry.lines_in}/{entry.lines_out} bytes={entry.bytes_in}/{entry.bytes_out}"
+        if entry.protocol is not None and entry.protocol.last_command is not None:
+            row += f" ultimo={entry.protocol.last_command.replace(' ', '_')}"
         if entry.certificate_names:
             row += f" cert={entry.certificate_names[0]}"
         rows.append(row + " (tú)" if entry is requester else row)

@@ -87,3 +87,14 @@ async def test_the_prometheus_scrape_counts_what_estado_counts(nursery: trio.Nur
     assert samples["eco_trio_refused_total", (("cause", "full"),)] == int(counters["refused_full"]) == 1
     assert samples["eco_trio_commands_total", (("command", "AYUDA"),)] == 1
     assert samples["eco_trio_lines_received_total", ()] == int(counters["lines_in"])
+
+
+async def test_listar_rows_carry_counts_and_the_last_command(nursery: trio.Nursery) -> None:
+    running = await start_server(nursery)
+    async with running.peer() as other, running.peer() as asker:
+        assert (await other.request(b"ayuda")).startswith(b"COMANDOS")
+        assert await other.request(b"hola") == b"HOLA"
+        header = await asker.request(b"LISTAR")
+        rows = [row.decode() for row in await asker.lines(int(header.split()[1]))]
+    assert " lineas=2/2 " in rows[0] and " ultimo=AYUDA" in rows[0]
+    assert rows[1].endswith(" ultimo=LISTAR (tú)")
