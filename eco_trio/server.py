@@ -192,14 +192,20 @@ class Server:
         self.registry.unregister(entry)
         self.totals.refused["TLS handshake"] += 1
 
+    def _token_matches(self, token: bytes | None) -> bool:
+        """Whether ``token`` is the server's (in constant time); True when
+        the server has none."""
+        expected = self.config.token
+        if expected is None:
+            return True
+        assert isinstance(expected, bytes)  # __post_init__ made it so
+        return token is not None and hmac.compare_digest(token, expected)
+
     def status_lines(self, token: bytes | None) -> list[str]:
         """ESTADO's reply: a header, then ``clave valor`` lines.  With a
         token set, only for who sends it (as DESCONEXION)."""
-        config = self.config
-        if config.token is not None:
-            assert isinstance(config.token, bytes)
-            if token is None or not hmac.compare_digest(token, config.token):
-                return ["ERROR ESTADO requiere el token: ESTADO <token>."]
+        if not self._token_matches(token):
+            return ["ERROR ESTADO requiere el token: ESTADO <token>."]
         pairs = self.status()
         return [f"{protocol.STATUS_HEADER} {len(pairs)}", *(f"{key} {value}" for key, value in pairs.items())]
 
@@ -242,8 +248,7 @@ class Server:
             self.shutdown()
             return protocol.SHUTDOWN_ACK, True
         if config.token is not None:
-            assert isinstance(config.token, bytes)  # __post_init__ made it so
-            if token is None or not hmac.compare_digest(token, config.token):
+            if not self._token_matches(token):
                 log.warning("DESCONEXION refused from %s: wrong or missing token", entry.address)
                 return "ERROR DESCONEXION requiere el token correcto: DESCONEXION <token>.", False
         elif not _is_loopback(entry.address):
