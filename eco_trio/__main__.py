@@ -43,6 +43,7 @@ from .terminal import input_chunks, open_prompt, print_line, write_lines
 
 log = logging.getLogger("eco_trio.server")
 _E = TypeVar("_E", bound=BaseException)
+_N = TypeVar("_N", int, float)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -69,38 +70,30 @@ def _port(text: str) -> int:
     return port
 
 
-def _not_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
+def _number(kind: Callable[[str], _N], *, zero: bool, what: str = "number") -> Callable[[str], _N]:
+    """An argparse type: a ``kind`` greater than 0 (or, with ``zero``, 0 or more)."""
 
-
-def _not_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid whole number {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def _positive(kind: Callable[[str], float | int]) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
+    def parse(text: str) -> _N:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-        if not value > 0:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if zero and not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        if not zero and not value > 0:
             raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
         return value
 
-    parse.__name__ = kind.__name__
+    parse.__name__ = getattr(kind, "__name__", "number")
     return parse
+
+
+def _positive(kind: Callable[[str], _N]) -> Callable[[str], _N]:
+    return _number(kind, zero=False)
+
+
+_not_negative = _number(float, zero=True)
+_not_negative_int = _number(int, zero=True, what="whole number")
 
 
 def program_name(argv0: str | None = None) -> str:
