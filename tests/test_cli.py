@@ -386,11 +386,16 @@ def _controlling_terminal() -> None:
 class Terminal:
     """A program on a pseudo-terminal, read and typed to as a person would."""
 
-    def __init__(self, command: list[str]) -> None:
+    def __init__(self, command: list[str], env: dict[str, str] | None = None) -> None:
         leader, follower = os.openpty()
         self.leader = leader
         self.process = subprocess.Popen(
-            command, stdin=follower, stdout=follower, stderr=follower, preexec_fn=_controlling_terminal
+            command,
+            stdin=follower,
+            stdout=follower,
+            stderr=follower,
+            preexec_fn=_controlling_terminal,
+            env=env,
         )
         os.close(follower)
         self.screen = b""

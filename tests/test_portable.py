@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import server_process
+from .test_cli import Terminal, server_process
 
 SIMULATED = str(Path(__file__).parent / "simulated_platform")
 TIMEOUT = 20
@@ -110,37 +110,17 @@ def test_help_and_version(args: list[str]) -> None:
 def test_the_interactive_client_falls_back_to_plain_input_in_a_terminal() -> None:
     """No readline, no termios: the prompt is plain input(), in a real
     pseudo-terminal, and server lines still show."""
-    import select as real_select
-
     with simulated_server() as (port, _):
-        leader, follower = os.openpty()
-        process = subprocess.Popen(
+        session = Terminal(
             [sys.executable, "-m", "eco_trio", "cliente", "--host", "127.0.0.1", "--port", str(port)],
-            stdin=follower,
-            stdout=follower,
-            stderr=follower,
             env=environment(),
         )
-        os.close(follower)
-        screen = b""
-
-        def read_until(text: bytes) -> None:
-            nonlocal screen
-            deadline = TIMEOUT
-            while text not in screen:
-                ready, _, _ = real_select.select([leader], [], [], deadline)
-                assert ready, f"no {text!r} on the screen: {screen!r}"
-                screen += os.read(leader, 4096)
-
         try:
-            read_until(b"eco> ")
-            assert b"BIENVENIDO" in screen
-            os.write(leader, "hola ñandú\n".encode())
-            read_until("HOLA ÑANDÚ".encode())
-            os.write(leader, b"\x04")  # Ctrl-D: end of input
-            assert process.wait(TIMEOUT) == 0
+            session.expect(b"eco> ")
+            assert b"BIENVENIDO" in session.screen
+            session.type("hola ñandú\n".encode())
+            session.expect("HOLA ÑANDÚ".encode())
+            session.type(b"\x04")  # Ctrl-D: end of input
+            assert session.process.wait(TIMEOUT) == 0
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(TIMEOUT)
-            os.close(leader)
+            session.close()
