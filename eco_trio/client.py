@@ -12,10 +12,11 @@ so the next request would read it and fall out of step for good (redis-py's
 CVE-2023-28858 class of bug).  Any later use raises :class:`ClientUnusable`;
 open a new connection instead.
 
-Sessions: :func:`run_session` pairs a reader of the user's lines with a
-reader of the socket in one nursery, so server lines (replies, the shutdown
-notice another client caused) are shown the moment they arrive;
-:func:`run_piped` does the same for piped input, in large chunks.  Both work
+Sessions: :func:`run_piped` pairs a sender of piped input (in large
+chunks) with a reader of the socket in one nursery, so server lines
+(replies, the shutdown notice another client caused) are shown the moment
+they arrive; the interactive session (``eco_trio.interactive``) does the same
+for what the user types.  Both work
 with servers that never end their lines (the original project's server):
 what such a server sends is shown after a short pause, one reply per line.
 """
@@ -27,7 +28,6 @@ import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import aclosing, asynccontextmanager
-from typing import TypeVar
 
 import trio
 
@@ -46,7 +46,6 @@ _CHUNK = 64 * 1024
 #: Over TLS (no half-close), input is over and the replies are all in once
 #: the server has sent nothing for this long.
 QUIET = 0.5
-_Item = TypeVar("_Item", str, bytes)
 
 
 class ConnectionClosed(Exception):
@@ -273,36 +272,6 @@ class SessionEnd(enum.Enum):
     TIMED_OUT = "timed out"
 
 
-async def run_session(
-    client: Client,
-    lines: AsyncGenerator[str, None],
-    show: Callable[[str], None],
-    *,
-    close_wait: float = DEFAULT_CLOSE_WAIT,
-) -> SessionEnd:
-    """Send the user's ``lines`` and ``show`` every server line as it comes.
-
-    Ends when the server closes, or ``close_wait`` seconds after we sent
-    APAGAR / DESCONEXION or ran out of input (then half-closing, so the
-    server answers what it got and closes).
-    """
-
-    async def send(line: str) -> bool:
-        await client.send_line(line)
-        return is_closing_command(line)
-
-    async def feed() -> AsyncGenerator[str, None]:
-        async with aclosing(lines):
-            async for line in lines:
-                yield line
-
-    async def show_lines(batch: list[str]) -> None:
-        for line in batch:
-            show(line)
-
-    return await _converse(client, feed(), send, show_lines, close_wait=close_wait)
-
-
 async def run_piped(
     client: Client,
     chunks: AsyncGenerator[bytes, None],
@@ -342,8 +311,8 @@ async def run_piped(
 
 async def _converse(
     client: Client,
-    inputs: AsyncGenerator[_Item, None],
-    send: Callable[[_Item], Awaitable[bool]],
+    inputs: AsyncGenerator[bytes, None],
+    send: Callable[[bytes], Awaitable[bool]],
     show: Callable[[list[str]], Awaitable[None]],
     *,
     close_wait: float,
@@ -439,7 +408,7 @@ def _closing_cut(chunk: bytes) -> int | None:
     while start < len(chunk):
         end = chunk.find(b"\n", start)
         end = len(chunk) if end < 0 else end + 1
-        if is_closing_command(chunk[start:end].decode(errors="replace")):
+        if is_closing_command(chunk[start:end]):  # commands are matched on bytes
             return end
         start = end
     return None

@@ -534,10 +534,10 @@ def _decode_shown(raw: bytes) -> str:
     return raw.decode(errors="replace")
 
 
-def is_closing_command(line: str) -> bool:
+def is_closing_command(line: str | bytes) -> bool:
     """Whether sending ``line`` asks the server to close this connection
     (``APAGAR``, or ``DESCONEXION`` with or without a token)."""
-    command = _command(line.encode())
+    command = _command(line.encode() if isinstance(line, str) else line)
     return command is not None and (command[1] or isinstance(command[0], Shutdown))
 
 

@@ -18,7 +18,6 @@ from eco_trio.client import (
     open_client,
     run_messages,
     run_piped,
-    run_session,
 )
 from eco_trio.interactive import Link, run_interactive
 
@@ -45,11 +44,13 @@ async def test_serve_is_public_and_startable(nursery: trio.Nursery) -> None:
         assert await conn.request("x") == "X"
 
 
-def scripted(*lines: str, then_wait: bool = False) -> AsyncGenerator[str, None]:
-    async def generate() -> AsyncGenerator[str, None]:
+def scripted(*lines: str, then_wait: bool = False) -> AsyncGenerator[bytes, None]:
+    """Piped input, a line per chunk."""
+
+    async def generate() -> AsyncGenerator[bytes, None]:
         for line in lines:
-            yield line
-        if then_wait:  # a user who stops typing but never presses Ctrl-D
+            yield (line + "\n").encode()
+        if then_wait:  # input that stops coming but never ends
             await trio.sleep_forever()
 
     return generate()
@@ -61,6 +62,9 @@ class Screen:
 
     def __call__(self, line: str) -> None:
         self.lines.append(line)
+
+    def write(self, batch: list[str]) -> None:
+        self.lines += batch
 
 
 async def fake_server(nursery: trio.Nursery, script: Callable[[Peer], Awaitable[object]]) -> Client:
@@ -81,7 +85,7 @@ async def test_session_sends_lines_and_ends_after_apagar(nursery: trio.Nursery) 
 
     client = await fake_server(nursery, server)
     screen = Screen()
-    end = await run_session(client, scripted("uno", "apagar", "never sent"), screen)
+    end = await run_piped(client, scripted("uno", "apagar", "never sent"), screen.write)
     assert end is SessionEnd.CLOSED
     assert screen.lines == ["HOLA, USUARIO", "UNO", "ADIOS"]
 
@@ -94,7 +98,7 @@ async def test_session_half_closes_at_end_of_input(nursery: trio.Nursery) -> Non
 
     client = await fake_server(nursery, server)
     screen = Screen()
-    assert await run_session(client, scripted("a", "b"), screen) is SessionEnd.CLOSED
+    assert await run_piped(client, scripted("a", "b"), screen.write) is SessionEnd.CLOSED
     assert screen.lines == ["A", "B"]
 
 
@@ -105,7 +109,7 @@ async def test_notice_shown_while_the_user_is_idle_and_session_ends(nursery: tri
 
     client = await fake_server(nursery, server)
     screen = Screen()
-    end = await run_session(client, scripted(then_wait=True), screen)
+    end = await run_piped(client, scripted(then_wait=True), screen.write)
     assert end is SessionEnd.SERVER_CLOSED
     assert screen.lines == ["AVISO: el servidor se apaga"]
 
@@ -122,7 +126,7 @@ async def test_server_that_never_sends_newlines(
 
     client = await fake_server(nursery, server)
     screen = Screen()
-    end = await run_session(client, scripted(then_wait=True), screen)
+    end = await run_piped(client, scripted(then_wait=True), screen.write)
     assert end is SessionEnd.SERVER_CLOSED
     assert screen.lines == ["BIENVENIDO", "HOLA"]
 
@@ -136,7 +140,7 @@ async def test_session_gives_up_on_a_server_that_never_closes(
 
     client = await fake_server(nursery, server)
     start = trio.current_time()
-    end = await run_session(client, scripted("APAGAR"), Screen(), close_wait=3)
+    end = await run_piped(client, scripted("APAGAR"), Screen().write, close_wait=3)
     assert end is SessionEnd.TIMED_OUT
     assert trio.current_time() - start == pytest.approx(3)
 
