@@ -45,7 +45,7 @@ LISTING_PART = 1024
 _GREETING = protocol.encode_line(protocol.GREETING)
 
 
-async def serve_connection(server: Server, stream: trio.abc.Stream, entry: ClientEntry) -> None:
+async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> None:
     """Talk to one admitted client until either side ends it.
 
     Resource handling: always closes ``stream`` and unregisters ``entry``.
@@ -79,7 +79,7 @@ async def serve_connection(server: Server, stream: trio.abc.Stream, entry: Clien
             await close_at_once(stream)
 
 
-async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry) -> bool:
+async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> bool:
     """The request loop; returns whether to linger on close (we are the side
     that closes, and the peer may still be sending)."""
     config = server.config
@@ -164,7 +164,7 @@ async def _converse(server: Server, stream: trio.abc.Stream, entry: ClientEntry)
 
 
 async def _work_off(
-    server: Server, stream: trio.abc.Stream, entry: ClientEntry, parser: ServerProtocol
+    server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, parser: ServerProtocol
 ) -> bool | None:
     """Answer the rest of a read turn by turn, letting every other task run
     between turns: one client's pipelined commands cannot hold the server.
@@ -181,7 +181,7 @@ async def _work_off(
 
 async def _answer(
     server: Server,
-    stream: trio.abc.Stream,
+    stream: trio.abc.HalfCloseableStream,
     entry: ClientEntry,
     events: list[Event],
     *,
@@ -227,7 +227,7 @@ async def _answer(
     return None
 
 
-async def _send(stream: trio.abc.Stream, entry: ClientEntry, data: bytes) -> None:
+async def _send(stream: trio.abc.HalfCloseableStream, entry: ClientEntry, data: bytes) -> None:
     entry.bytes_out += len(data)
     entry.lines_out += data.count(b"\n")
     await stream.send_all(data)
@@ -242,7 +242,9 @@ _FOREIGN = {
 }
 
 
-async def _send_listing(server: Server, stream: trio.abc.Stream, entry: ClientEntry, before: bytes) -> None:
+async def _send_listing(
+    server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, before: bytes
+) -> None:
     """LISTAR's reply in parts of LISTING_PART rows, each sent before the
     next is built, with a turn for everyone else between parts: its cost
     grows with the number of clients, and must not stall them."""
@@ -257,12 +259,11 @@ async def _send_listing(server: Server, stream: trio.abc.Stream, entry: ClientEn
         before = header = b""
 
 
-async def _close_gracefully(stream: trio.abc.Stream) -> None:
+async def _close_gracefully(stream: trio.abc.HalfCloseableStream) -> None:
     """Half-close, drain what the client still sends (bounded), then close."""
     try:
         with trio.move_on_after(LINGER_SECONDS):
-            if isinstance(stream, trio.abc.HalfCloseableStream):
-                await stream.send_eof()  # TLS has no half-close: the drain below is all there is
+            await stream.send_eof()  # over TLS: close_notify
             drained = 0
             while drained < LINGER_BYTES:
                 chunk: bytes | bytearray = b""

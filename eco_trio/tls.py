@@ -37,10 +37,7 @@ def server_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
     if ca is not None:
-        if os.path.isdir(ca):
-            context.load_verify_locations(capath=ca)
-        else:
-            context.load_verify_locations(cafile=ca)
+        _trust(context, ca)
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -51,13 +48,18 @@ def client_context(ca: str | None = None, cert: str | None = None, key: str | No
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
-        if os.path.isdir(ca):
-            context.load_verify_locations(capath=ca)
-        else:
-            context.load_verify_locations(cafile=ca)
+        _trust(context, ca)
     if cert is not None:
         context.load_cert_chain(cert, key)
     return context
+
+
+def _trust(context: ssl.SSLContext, ca: str) -> None:
+    """Trust the CA certificates in ``ca``, a file or a directory."""
+    if os.path.isdir(ca):
+        context.load_verify_locations(capath=ca)
+    else:
+        context.load_verify_locations(cafile=ca)
 
 
 def certificate_names(certificate: dict[str, Any] | None) -> list[str]:
@@ -87,7 +89,7 @@ async def serve_tls(
     entry: ClientEntry,
     context: ssl.SSLContext,
     handshake_timeout: float,
-    conversation: Callable[[trio.abc.Stream, ClientEntry], Awaitable[None]],
+    conversation: Callable[[trio.abc.HalfCloseableStream, ClientEntry], Awaitable[None]],
     give_up: Callable[[ClientEntry], None],
 ) -> None:
     """Handshake within ``handshake_timeout`` seconds, then run ``conversation`` over
