@@ -19,7 +19,7 @@ from typing import NoReturn, TypeVar
 
 import trio
 
-from . import __version__, logs, open_files, tls
+from . import __version__, logs, open_files, scheduling, tls
 from .bench import MODES, BenchConfig, format_result, run_bench
 from .client import (
     DEFAULT_CLOSE_WAIT,
@@ -426,7 +426,8 @@ def run_server(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format, sys.stderr)
     config = dataclasses.replace(config, max_clients=open_files.fit_clients(config.max_clients))
     try:
-        return trio.run(_serve_until_stopped, config)
+        with scheduling.fifo_order():  # a steady round: see scheduling.py
+            return trio.run(_serve_until_stopped, config)
     except BaseException as exc:
         error = _only(exc, OSError)
         if error is None:
