@@ -1,28 +1,31 @@
-"""Edge-triggered readiness for many sockets, watched by whichever task waits.
+"""Readiness for many sockets through one epoll, watched by whichever task waits.
 
-trio's own I/O manager registers each socket with ``EPOLLONESHOT``: every
-wait re-arms it (``epoll_ctl``) and every wake-up disarms it again, two
-system calls per message on top of ``recv`` and ``send``.  For a server
-whose connections spend their lives waiting to read, that is most of the
-per-message overhead.  Here each socket is registered once, edge-triggered,
-with a second epoll instance, and trio watches only that epoll's own file
-descriptor: a busy server pays for one re-arm per batch of ready sockets
-instead of two per message.
+trio's own I/O manager arms a socket in its epoll for each wait and disarms
+it again on wake-up, and every wait and wake-up goes through its general
+bookkeeping.  Here every socket is registered once in a second epoll, and a
+wait costs one system call: arming the socket (``EPOLLONESHOT``, level-
+triggered).  trio watches only that epoll's own file descriptor, so a busy
+server pays one poll per batch of ready sockets.
+
+Only sockets whose task is waiting are armed.  A stream tries ``recv``
+first and waits only once that found nothing (see
+:class:`~eco_trio.socket_stream.SocketStream`), and under load the next
+request is usually there by then: then its socket is never armed and costs
+the poll nothing.  (Registered edge-triggered, every request of every busy
+socket would be an event for the poll to hand over and for us to drop.)
+Arming is level-triggered, so data that came before the wait is reported at
+once: no event needs remembering while nobody waits, and an event for a
+socket nobody waits on any more (a cancelled wait) is simply dropped; the
+next wait arms it again.
 
 Who watches it (leader/followers): the first task to wait becomes the
-*leader*: it waits on the epoll through trio, hands every edge it collects
+*leader*: it waits on the epoll through trio, hands every event it collects
 to the task waiting on that socket, and returns as soon as its own socket
 has one.  Tasks that wait while there is a leader park as *followers*.  A
 leader that leaves with followers still parked promotes one of them first.
 With a single busy connection its task is always the leader, so a message
 costs no task switch beyond what plain trio costs; with many, one wake-up
 serves them all.
-
-Edge-triggered means "new data arrived", not "data is there".  The contract
-that keeps that safe lives in :class:`~eco_trio.socket_stream.SocketStream`:
-it only waits after ``recv`` found the socket drained (``EAGAIN``), and an
-edge that arrives while nobody waits is kept as *pending* so the next wait
-returns at once (at worst a stale edge costs one more ``recv``).
 
 Only readability goes through here; the rare wait for a full send buffer to
 drain uses trio's ``wait_writable`` directly.
@@ -50,18 +53,22 @@ from trio.lowlevel import (
 # This is the Linux fast path: eco_trio.readiness builds a Reactor only
 # where select.epoll exists.  The module itself imports anywhere (the
 # constants are 0 without epoll), so nothing fails at import time.
-_EPOLLIN, _EPOLLRDHUP, _EPOLLHUP, _EPOLLERR, _EPOLLET = (
-    getattr(select, name, 0) for name in ("EPOLLIN", "EPOLLRDHUP", "EPOLLHUP", "EPOLLERR", "EPOLLET")
+_EPOLLIN, _EPOLLRDHUP, _EPOLLONESHOT = (
+    getattr(select, name, 0) for name in ("EPOLLIN", "EPOLLRDHUP", "EPOLLONESHOT")
 )
-#: Data, the peer's close and errors all wake a reader.
-_READ_EVENTS = _EPOLLIN | _EPOLLRDHUP | _EPOLLHUP | _EPOLLERR
+#: A waiting socket: data or the peer's close (errors and hang-ups are
+#: always reported) wake its reader, once.
+_ARMED = _EPOLLIN | _EPOLLRDHUP | _EPOLLONESHOT
+#: A registered socket nobody waits on: nothing reported (a hang-up or an
+#: error once at most, dropped like any event nobody waits for).
+_DISARMED = _EPOLLONESHOT
 _MAX_EVENTS = 1024
 _LEAD = -1  # what a follower is woken with when it is promoted to leader
 #: The leader's socket was closed under it: no fd number, so a new socket
 #: that reuses the number is not taken for the old one.
 _CLOSED = -2
 #: Before the leader sleeps, it lets every other task run and looks again this
-#: many times.  An edge that comes meanwhile costs no sleep and no wake-up,
+#: many times.  An event that comes meanwhile costs no sleep and no wake-up,
 #: and a server that goes to sleep a few microseconds later wakes up faster on
 #: virtual machines (measured: benchmarks/compare, pingpong 1 client).
 _SPINS = 8
@@ -86,8 +93,6 @@ class Reactor:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._waiters: dict[int, Task] = {}  # followers, by the socket they wait on
-        #: Sockets that got an edge while nobody waited on them, and its events.
-        self._pending: dict[int, int] = {}
         #: The leader's socket (None: no leader; _CLOSED: closed under it).
         self._leader_fd: int | None = None
         # To wake a leader whose own socket is closed by another task.
@@ -113,22 +118,21 @@ class Reactor:
         self._wake_writer.close()
 
     def register(self, sock: socket.socket) -> None:
-        self._epoll.register(sock.fileno(), _READ_EVENTS | _EPOLLET)
+        self._epoll.register(sock.fileno(), _DISARMED)
 
     def forget(self, fd: int) -> None:
-        """``fd`` is about to be closed (no task waits on it)."""
-        self._pending.pop(fd, None)
+        """``fd`` is about to be closed (no task waits on it): nothing to do,
+        the kernel drops a closed socket from the epoll."""
 
     def notify_closing(self, fd: int) -> None:
         """``fd`` is about to be closed under a waiting task: wake it with
         ClosedResourceError."""
-        self._pending.pop(fd, None)
         task = self._waiters.pop(fd, None)
         if task is not None:
             reschedule(task, outcome.Error(trio.ClosedResourceError("another task closed this socket")))
         elif fd == self._leader_fd:
             # The number may be reused at once: from now on the leader's own
-            # edges go to whoever waits on a new socket with that number.
+            # events go to whoever waits on a new socket with that number.
             self._leader_fd = _CLOSED
             with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
                 self._wake_writer.send(b"!")
@@ -145,19 +149,16 @@ class Reactor:
         return abort
 
     async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> int:
-        """Until ``fd`` gets new data (or EOF, or an error); returns the epoll
-        events seen.  Always a checkpoint.  ``abort`` is :meth:`aborter` of
-        ``fd``."""
-        events = self._pending.pop(fd, 0)
-        if events:
-            try:
-                await checkpoint()
-            except BaseException:  # cancelled: the edge is still unread
-                self._pending[fd] = self._pending.get(fd, 0) | events
-                raise
-            return events
+        """Until ``fd`` is readable (data, EOF or an error); returns the
+        epoll events seen.  Always a checkpoint.  ``abort`` is
+        :meth:`aborter` of ``fd``."""
         if fd in self._waiters or fd == self._leader_fd:
             raise trio.BusyResourceError("another task is already reading this socket")
+        try:
+            self._epoll.modify(fd, _ARMED)
+        except OSError as exc:  # closed behind the stream's back
+            await checkpoint()
+            raise trio.ClosedResourceError("the socket is closed") from exc
         if self._leader_fd is None:
             self._leader_fd = fd
             return await self._lead(fd)
@@ -168,9 +169,9 @@ class Reactor:
         return events
 
     async def _lead(self, fd: int) -> int:
-        """Watch the epoll for everyone until ``fd`` itself has an edge
+        """Watch the epoll for everyone until ``fd`` itself is readable
         (``_leader_fd`` is ``fd`` on entry)."""
-        epoll, waiters, pending = self._epoll, self._waiters, self._pending
+        epoll, waiters = self._epoll, self._waiters
         wake_fd = self._wake_reader.fileno()
         spins = 0
         try:
@@ -189,15 +190,11 @@ class Reactor:
                 for ready, events in batch:
                     if ready == self._leader_fd:
                         mine |= events
-                        continue
-                    if ready == wake_fd:
+                    elif ready == wake_fd:
                         self._wake_reader.recv(64)
-                        continue
-                    task = waiters.pop(ready, None)
-                    if task is None:
-                        pending[ready] = pending.get(ready, 0) | events
-                    else:
+                    elif (task := waiters.pop(ready, None)) is not None:
                         reschedule(task, outcome.Value(events))
+                    # else: its wait was cancelled; the next one arms again
                 if mine:
                     return mine
         finally:

@@ -3,7 +3,8 @@
 Two implementations of one small interface, :class:`Readiness`:
 
 * :class:`~eco_trio.reactor.Reactor`, the Linux fast path: every socket
-  registered once, edge-triggered, in an epoll of our own.
+  registered once in an epoll of our own, armed (one system call) only
+  while its task waits.
 * :class:`TrioReadiness`, the portable path, for macOS, Windows, the BSDs
   (and Linux on request): trio's own ``wait_readable``, which works wherever
   trio does.
@@ -51,8 +52,8 @@ class Readiness(Protocol):
 
     async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> int:
         """Until ``fd`` may have data (or EOF, or an error).  Callers read
-        until ``recv`` finds nothing before they wait again: an
-        edge-triggered implementation reports only new data."""
+        until ``recv`` finds nothing before they wait again, so a busy
+        socket costs the readiness nothing."""
 
     def close(self) -> None: ...
 
@@ -116,7 +117,7 @@ def open_readiness(requested: str = "auto") -> Reactor | TrioReadiness:
     if path == "epoll":
         from .reactor import Reactor  # imports select.epoll: Linux only
 
-        log.debug("I/O path: epoll (edge-triggered reactor, the Linux fast path)")
+        log.debug("I/O path: epoll (one-shot reactor, the Linux fast path)")
         return Reactor()
     log.debug("I/O path: portable (trio's wait_readable)")
     return TrioReadiness()

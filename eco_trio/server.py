@@ -374,8 +374,7 @@ class Server:
         readiness: Readiness,
         context: ssl.SSLContext | None = None,
     ) -> None:
-        """Accept until the backlog is empty (the fast path is edge-triggered:
-        only new connections bring a new edge), then wait.
+        """Accept until the backlog is empty, then wait.
 
         Admission is decided here, in the kernel's accept order, before any
         task exists: the clients turned away are always the newest, LISTAR

@@ -8,8 +8,8 @@ every byte, and reads the way a busy server wants: after a read, the next
 that finds nothing does it wait for readability.  Under load the next
 request is usually there by then, so most messages cost no wait at all
 (measured: pingpong 50 clients +8 %, benchmarks/compare).  It waits through
-a :class:`~eco_trio.readiness.Readiness`: on Linux the edge-triggered epoll
-reactor shared by many sockets, elsewhere trio's own ``wait_readable``; the
+a :class:`~eco_trio.readiness.Readiness`: on Linux the epoll reactor shared
+by many sockets, elsewhere trio's own ``wait_readable``; the
 stream works the same over either.
 
 Differences from the trio Stream contract, on purpose:
@@ -72,8 +72,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         self._abort_wait = readiness.aborter(self._fd)
         # Whether to try recv before waiting: after every read, until recv
         # finds the socket drained.  False at first: a new connection has
-        # usually sent nothing yet (and registering a socket that already
-        # has data reports an edge at once).
+        # usually sent nothing yet.
         self._maybe_readable = False
         self._closed = False
         self._send_closed = False  # after send_eof() or aclose()
@@ -111,8 +110,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
             except OSError as exc:
                 raise self._translate(exc, closed=self._closed) from exc
             # Only a recv that finds nothing (EAGAIN) makes the next call
-            # wait: that is also what the edge-triggered reactor needs, since
-            # a new edge comes only once the socket was drained.
+            # wait: a busy socket then never needs arming in the reactor.
             self._maybe_readable = True
             return data
 

@@ -108,8 +108,8 @@ async def test_errors_become_broken_resource(reactor: Readiness) -> None:
 async def test_reactor_stream_moves_bulk_data_in_full_reads(
     nursery: trio.Nursery, reactor: Readiness
 ) -> None:
-    """Reads that fill the buffer leave data behind with no new edge to come:
-    the stream must read again before it waits."""
+    """Reads that fill the buffer leave data behind: the stream reads again
+    before it waits, and nothing is lost or reordered."""
     a, b = socket.socketpair()
     sender, receiver = SocketStream(a, reactor), SocketStream(b, reactor)
     payload = bytes(range(256)) * 8192  # 2 MiB
@@ -200,11 +200,11 @@ async def test_many_readers_share_one_leader(reactor: Readiness) -> None:
         b.close()
 
 
-async def test_a_cancelled_receive_keeps_the_pending_edge(reactor: Readiness) -> None:
+async def test_a_cancelled_receive_loses_no_data(reactor: Readiness) -> None:
     a, b = socket.socketpair()
     stream = SocketStream(a, reactor)
     b.send(b"hola")
-    await trio.testing.wait_all_tasks_blocked()  # the reactor saw the edge; nobody waited
+    await trio.testing.wait_all_tasks_blocked()  # data there before anyone waits
     with trio.CancelScope() as scope:
         scope.cancel()
         await stream.receive_some()
