@@ -19,6 +19,7 @@ from eco_trio.protocol import (
     Reply,
     ServerProtocol,
     Shutdown,
+    Status,
     is_closing_command,
 )
 
@@ -39,6 +40,8 @@ def wire(events: list[Event]) -> bytes:
                 out += b"<DESCONEXION " + (token or b"None") + b">\n"
             case ForeignProtocol(name=name):
                 out += f"<{name}>".encode()
+            case Status(token=token):
+                out += b"<ESTADO " + (token or b"None") + b">\n"
             case Close():
                 out += b"<CLOSE>"
     return out
@@ -369,7 +372,34 @@ def test_telnet_module_imports_no_io() -> None:
 LIMIT = 64
 
 line_text = st.one_of(
-    st.sampled_from(["hola", "LISTAR", "ayuda", "hola servidor", "ñandú", "straße", "€𝄞", "", " x "]),
+    st.sampled_from(
+        # Commands anywhere in a line or after whitespace, look-alikes, HTTP
+        # lines: what the fast path's filter must send to the slow path.
+        [
+            "hola",
+            "LISTAR",
+            "ayuda",
+            "hola servidor",
+            "ñandú",
+            "straße",
+            "€𝄞",
+            "",
+            " x ",
+            " \tlistar",
+            "\x0bEstado tok",
+            "x listar",
+            "listar x y",
+            "deſconexion",
+            "ESTADOS",
+            "Host: a",
+            " host:",
+            "GET / HTTP/1.1",
+            "get /x http/1.0",
+            "a/b",
+            "hola\r",
+            "desconexión t",
+        ]
+    ),
     st.text(max_size=20),
 )
 
@@ -420,6 +450,9 @@ def reference(data: bytes) -> bytes:
         ):
             token = raw.split()[1] if len(words) == 2 else b"None"
             out.append(b"<DESCONEXION " + token + b">\n")
+        elif words[:1] == [b"ESTADO"] and len(words) <= 2:
+            token = raw.split()[1] if len(words) == 2 else b"None"
+            out.append(b"<ESTADO " + token + b">\n")
         elif words == [b"AYUDA"]:
             out.append(protocol.encode_line(protocol.HELP))
         elif words == [b"HOLA", b"SERVIDOR"]:
