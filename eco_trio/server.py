@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Final
 
 import trio
 
@@ -175,6 +176,8 @@ class Server:
     def connection_ended(self, entry: ClientEntry) -> None:
         """Count a finished conversation and log why it ended."""
         self.totals.connection_ended(entry, entry.end_reason)
+        if not log.isEnabledFor(logging.INFO):  # its arguments cost a busy server
+            return
         clients = len(self.registry)
         log.info(
             "disconnected %s: %s, after %.1f s, %d lines in, %d out (%d client%s left)",
@@ -410,17 +413,18 @@ class Server:
                     )
                 else:
                     self.totals.connections += 1
-                    log.info(  # in accept order
-                        "connected %s (%d clients)",
-                        address,
-                        len(registry),
-                        extra={"event": "connected", "peer": address},
-                    )
+                    if log.isEnabledFor(logging.INFO):
+                        log.info(  # in accept order
+                            "connected %s (%d clients)",
+                            address,
+                            len(registry),
+                            extra={"event": "connected", "peer": address},
+                        )
                     if not _OPTIONS_INHERITED:
                         _tune(sock)
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     if context is None:
-                        connections.start_soon(serve_connection, self, stream, entry)
+                        connections.start_soon(serve_connection, self, stream, entry, name=_TASK_NAME)
                     else:
                         connections.start_soon(
                             tls.serve_tls,
@@ -434,6 +438,11 @@ class Server:
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+
+
+#: Every connection task's name, given so trio does not build one string per
+#: task (an idle connection keeps it).
+_TASK_NAME: Final = "eco_trio.connection"
 
 
 def _refuse(sock: socket.socket, line: bytes) -> None:
