@@ -4,8 +4,9 @@ trio's own I/O manager arms a socket in its epoll for each wait and disarms
 it again on wake-up, and every wait and wake-up goes through its general
 bookkeeping.  Here every socket joins a second epoll at its first wait and
 stays there, and a wait costs one system call: arming the socket
-(``EPOLLONESHOT``, level-triggered; the first wait adds it armed).  trio watches only that epoll's own file descriptor, so a busy
-server pays one poll per batch of ready sockets.
+(``EPOLLONESHOT``, level-triggered; the first wait adds it armed).  trio
+watches only that epoll's own file descriptor, so a busy server pays one
+poll per batch of ready sockets.
 
 Only sockets whose task is waiting are armed.  A stream tries ``recv``
 first and waits only once that found nothing (see

@@ -1,0 +1,126 @@
+"""The reference servers benchmarks/compare measures eco_trio against speak
+the same protocol, checked reply by reply (a reference that answered wrongly
+would make every ratio meaningless), and compare's report shows what it
+promises."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from eco_trio.bench import BenchConfig, run_bench
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCES = ROOT / "benchmarks" / "reference"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running(command: list[str], port: int) -> Iterator[None]:
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, f"{command[0]} exited with {process.returncode}"
+                assert time.monotonic() < deadline, f"{command[0]} did not start"
+                time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def check_replies(port: int) -> None:
+    for mode, depth in (("pingpong", 1), ("pipeline", 8), ("connect", 1)):
+        result = run_bench(
+            BenchConfig(port=port, mode=mode, clients=3, pipeline=depth, seconds=0.3, warmup=0.0)
+        )
+        assert result.replies > 0, mode
+        assert (result.errors, result.mismatches) == (0, 0), (mode, result.first_error)
+
+
+def test_the_c_reference_answers_every_line_in_uppercase(tmp_path: Path) -> None:
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or not sys.platform.startswith("linux"):
+        pytest.skip("the C reference needs Linux (epoll) and a C compiler (cc)")
+    binary = tmp_path / "c_epoll"
+    subprocess.run(
+        [compiler, "-O2", "-o", str(binary), str(REFERENCES / "c_epoll.c")], check=True, timeout=120
+    )
+    port = free_port()
+    with running([str(binary), str(port)], port):
+        check_replies(port)
+        # A line cut across reads comes back whole, after the greeting.
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            reader = sock.makefile("rb")
+            assert reader.readline().startswith(b"BIENVENIDO")
+            sock.sendall(b"ho")
+            time.sleep(0.05)
+            sock.sendall(b"la\nmundo\n")
+            assert reader.readline() + reader.readline() == b"HOLA\nMUNDO\n"
+
+
+@pytest.mark.parametrize("name", ["asyncio_streams", "uvloop_streams"])
+def test_the_python_references_answer_every_line_in_uppercase(name: str) -> None:
+    if name == "uvloop_streams" and importlib.util.find_spec("uvloop") is None:
+        pytest.skip("uvloop is not installed (pip install -r benchmarks/requirements.txt)")
+    port = free_port()
+    with running([sys.executable, str(REFERENCES / f"{name}.py"), str(port)], port):
+        check_replies(port)
+
+
+def load_compare() -> ModuleType:
+    """benchmarks/compare, a script without the .py suffix, as a module."""
+    name = "benchmarks_compare"
+    loader = importlib.machinery.SourceFileLoader(name, str(ROOT / "benchmarks" / "compare"))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
+    loader.exec_module(module)
+    return module
+
+
+def test_compare_reports_percentiles_and_cpu_for_every_load() -> None:
+    compare = load_compare()
+    rows = []
+    for name, scale in (("asyncio streams", 1.0), ("eco_trio", 2.0)):
+        row = compare.Row(name)
+        for key, _, _ in compare.LOADS:
+            row.figures |= {key: 1000 * scale, f"{key}_cpu": 8 / scale}
+            row.figures |= {f"{key}_p50": 100 / scale, f"{key}_p99": 200 / scale, f"{key}_p999": 300 / scale}
+        rows.append(row)
+    report = compare.table(rows, hold=0)
+    assert "p50 / p99 / p99.9" in report
+    assert "| eco_trio | 2,000 **2.00x** | 2,000 **2.00x** | 2,000 **2.00x** | 2,000 **2.00x** |" in report
+    assert "| eco_trio | 50 / 100 / 150 | 50 / 100 / 150 | 50 / 100 / 150 | 50 / 100 / 150 |" in report
+    assert "| eco_trio | 4.0 | 4.0 | 4.0 | 4.0 |" in report
+
+
+def test_compare_says_why_a_reference_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    compare = load_compare()
+    monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: None)
+    assert "pip install -r benchmarks/requirements.txt" in compare.missing("uvloop streams")
+    monkeypatch.setattr(compare.shutil, "which", lambda name: None)
+    assert "C compiler" in compare.missing("C epoll")
+    assert compare.missing("asyncio streams") is None
