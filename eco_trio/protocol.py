@@ -125,6 +125,9 @@ Event = Reply | ListClients | Shutdown | Status | ForeignProtocol | Close
 # line starts: at 1 KiB it costs a third of six substring searches.
 _SPECIAL_START: Final = rb"[ \t\r\x0b\x0c]*(?:APAGAR|LISTAR|AYUDA|DESCONEXI|ESTADO|HOLA|HOST:)"
 _SPECIAL_FIRST_LINE: Final = re.compile(_SPECIAL_START)
+#: The bytes such a line can start with (most batches start with none: no
+#: regular expression call for them).
+_MAY_START_SPECIAL: Final = frozenset(b" \t\r\x0b\x0cALDEH")
 _SPECIAL_LATER_LINE: Final = re.compile(rb"\n" + _SPECIAL_START)
 
 _CLOSE: Final = Close()
@@ -310,6 +313,12 @@ class ServerProtocol:
                 return self._foreign("TLS")
         if self._telnet is not None or 0xFF in data:
             return self._receive_telnet(data)
+        if not self._buffer and data.endswith(b"\n"):
+            # Whole lines with nothing held before them: the usual read, and
+            # (unless a line needs a closer look) one reply for all of them.
+            batch = self._fast_batch(data)
+            if batch is not None:
+                return batch
         return self._receive(data)
 
     def _receive(self, data: bytes | bytearray) -> list[Event]:
@@ -387,7 +396,9 @@ class ServerProtocol:
         if len(complete) > self._max_line + 1:  # some line may be too long
             return None
         upper = complete.upper()  # ASCII letters only: what commands are matched on
-        if _SPECIAL_FIRST_LINE.match(upper) or _SPECIAL_LATER_LINE.search(upper):
+        if upper[0] in _MAY_START_SPECIAL and _SPECIAL_FIRST_LINE.match(upper):
+            return None
+        if _SPECIAL_LATER_LINE.search(upper, 0, len(upper) - 1):  # (a "\n" last starts no line)
             return None
         if 0x2F in upper and b"HTTP/" in upper:  # 0x2F, "/": an int is found by memchr
             return None

@@ -398,6 +398,9 @@ line_text = st.one_of(
             "a/b",
             "hola\r",
             "desconexión t",
+            "estado",
+            "Estado tok",
+            "desconexion",
         ]
     ),
     st.text(max_size=20),
