@@ -20,7 +20,7 @@ import trio
 from . import protocol
 from .protocol import Close, Event, ForeignProtocol, ListClients, Reply, ServerProtocol, Shutdown, Status
 from .registry import ClientEntry, listing_rows
-from .socket_stream import SendTimeout, close_at_once
+from .socket_stream import ReceiveInterrupted, SendTimeout, close_at_once, receive_interrupter
 
 if TYPE_CHECKING:
     from .server import Server
@@ -43,6 +43,23 @@ LINGER_BYTES = 256 * 1024
 LISTING_PART = 1024
 
 _GREETING = protocol.encode_line(protocol.GREETING)
+
+
+class _Unscoped:
+    """Stands in for the conversation's cancel scope where none is taken (no
+    timer runs, and the stream can interrupt its own read)."""
+
+    __slots__ = ()
+    deadline: float = math.inf  # never set: a timer runs only with a real scope
+
+    def __enter__(self) -> _Unscoped:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_UNSCOPED = _Unscoped()
 
 
 async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> None:
@@ -88,15 +105,22 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     receive_some, send_all = stream.receive_some, stream.send_all
     current_time = trio.lowlevel.current_clock().current_time
     pause, idle = config.pause, server.idle_timeout
+    # A cancel scope costs a connection about 0.8 KiB and 8 µs of CPU
+    # (benchmarks/compare: connections/s, held connections): it is taken only
+    # while a timer runs, or where the stream cannot be interrupted otherwise.
+    interrupter = receive_interrupter(stream)
     if server.shutting_down:
         entry.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
     else:
         await send_all(_GREETING)
     last_data = entry.last_line_at
     while True:
-        with trio.CancelScope() as scope:
-            entry.scope = scope
-            fragment = parser.has_fragment
+        fragment = parser.has_fragment
+        scoped = fragment or idle is not None or interrupter is None
+        entry.wake = None if scoped else interrupter
+        rescope = False
+        with trio.CancelScope() if scoped else _UNSCOPED as scope:
+            entry.scope = scope if isinstance(scope, trio.CancelScope) else None
             while not entry.interrupted:
                 timed = fragment or idle is not None
                 if timed:
@@ -105,7 +129,10 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                         entry.last_line_at + idle if idle is not None else math.inf,
                     )
                 entry.reading = True
-                data = await receive_some(RECEIVE_SIZE)
+                try:
+                    data = await receive_some(RECEIVE_SIZE)
+                except ReceiveInterrupted:  # the interrupter: entry.interrupted is set
+                    break
                 entry.reading = False
                 if timed:
                     scope.deadline = math.inf
@@ -138,12 +165,17 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                 fragment = parser.has_fragment
                 if fragment:
                     last_data = current_time()
+                    if not scoped:  # the pause timer needs a scope
+                        rescope = True
+                        break
         entry.reading = False
         if entry.interrupted:
             entry.end_reason = "server shutting down"
             for line in entry.pending_notices():
                 await send_all(line)
             return True
+        if rescope:
+            continue
         # A timer fired.  The idle timeout ends the conversation; the pause
         # answers the buffered fragment as a line.
         if idle is not None and current_time() >= entry.last_line_at + idle:

@@ -36,8 +36,16 @@ IO_PATHS: Final = ("auto", "epoll", "portable")
 EPOLL_AVAILABLE: Final = hasattr(select, "epoll")
 
 
+class ReceiveInterrupted(Exception):
+    """A waiting read was interrupted on request (see
+    :meth:`Readiness.interrupt`): nothing was read."""
+
+
 class Readiness(Protocol):
     """Readability of many sockets, for the tasks that read them."""
+
+    #: Whether :meth:`interrupt` works here.
+    interrupts: bool
 
     def register(self, sock: socket.socket) -> None: ...
 
@@ -49,6 +57,10 @@ class Readiness(Protocol):
         ClosedResourceError."""
 
     def aborter(self, fd: int) -> Callable[[RaiseCancelT], Abort]: ...
+
+    def interrupt(self, fd: int) -> None:
+        """Wake the task waiting on ``fd`` with :class:`ReceiveInterrupted`
+        (only where :attr:`interrupts`)."""
 
     async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> int:
         """Until ``fd`` may have data (or EOF, or an error).  Callers read
@@ -64,9 +76,11 @@ def _never_called(_: RaiseCancelT) -> Abort:  # pragma: no cover - trio waits ab
 
 class TrioReadiness:
     """The portable path: each wait is trio's own ``wait_readable``, which
-    is level-triggered, so nothing needs remembering between waits."""
+    is level-triggered, so nothing needs remembering between waits.  Its
+    waits are interrupted the trio way, by cancelling a scope."""
 
     __slots__ = ()
+    interrupts = False
 
     def __enter__(self) -> TrioReadiness:
         return self
@@ -87,6 +101,9 @@ class TrioReadiness:
 
     def aborter(self, fd: int) -> Callable[[RaiseCancelT], Abort]:
         return _never_called
+
+    def interrupt(self, fd: int) -> None:
+        raise NotImplementedError("cancel a scope around the wait instead")
 
     async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> int:
         await trio.lowlevel.wait_readable(fd)

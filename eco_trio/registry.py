@@ -8,15 +8,18 @@ directly, so the per-reply path has no channel hop and no task switch.
 
 A line put in the outbox is the last thing that connection will hear, so
 :meth:`ClientEntry.notify` also interrupts the connection task, which then
-delivers its outbox and closes.  The interrupt cancels the task only while it
-waits for input; a task busy writing a reply finishes that reply first and
-notices the interrupt before it reads again, so no reply is cut in half.
+delivers its outbox and closes.  The interrupt reaches the task only while it
+waits for input: through its stream's interrupter (our sockets on the epoll
+path, which spares each connection a cancel scope), or by cancelling its
+conversation's cancel scope (other streams, and while a timer runs).  A task
+busy writing a reply finishes that reply first and notices the interrupt
+before it reads again, so no reply is cut in half.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -57,7 +60,10 @@ class ClientEntry:
     end_detail: str = ""
     #: The conversation's protocol state, for the last command LISTAR shows.
     protocol: ServerProtocol | None = field(default=None, repr=False)
+    #: How to interrupt the task's read: its cancel scope, or (where the
+    #: stream offers one, and no timer needs a scope) the stream's interrupter.
     scope: trio.CancelScope | None = field(default=None, repr=False)
+    wake: Callable[[], None] | None = field(default=None, repr=False)
     # The outbox channel is opened on first use: a channel pair costs about
     # 1.8 KiB, as much as the connection's task, and most connections never
     # hear from the server unprompted.
@@ -82,8 +88,11 @@ class ClientEntry:
 
     def interrupt(self) -> None:
         self.interrupted = True
-        if self.reading and self.scope is not None:
-            self.scope.cancel()
+        if self.reading:
+            if self.scope is not None:
+                self.scope.cancel()
+            elif self.wake is not None:
+                self.wake()
 
     def pending_notices(self) -> list[bytes]:
         lines: list[bytes] = []

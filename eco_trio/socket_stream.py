@@ -33,11 +33,14 @@ from __future__ import annotations
 import contextlib
 import operator
 import socket
+from collections.abc import Callable
 
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_writable
 
-from .readiness import Readiness
+from .readiness import Readiness, ReceiveInterrupted
+
+__all__ = ["ReceiveInterrupted", "SendTimeout", "SocketStream", "close_at_once", "receive_interrupter"]
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 
@@ -51,6 +54,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         "_abort_wait",
         "_closed",
         "_fd",
+        "_interrupt",
         "_maybe_readable",
         "_readiness",
         "_receiving",
@@ -81,6 +85,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
         # The fast path, which never waits, needs no such bookkeeping.
         self._waiting_to_send = False
         self._receiving = False  # a task waits in receive_some
+        self._interrupt = False  # see interrupt_receive()
 
     @property
     def socket(self) -> socket.socket:
@@ -100,8 +105,14 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 self._receiving = True
                 try:
                     await readiness.wait_readable(self._fd, self._abort_wait)
+                except ReceiveInterrupted:
+                    self._interrupt = False
+                    raise
                 finally:
                     self._receiving = False
+            if self._interrupt:
+                self._interrupt = False
+                raise ReceiveInterrupted
             try:
                 data = self._sock.recv(size)
             except BlockingIOError:
@@ -113,6 +124,18 @@ class SocketStream(trio.abc.HalfCloseableStream):
             # wait: a busy socket then never needs arming in the reactor.
             self._maybe_readable = True
             return data
+
+    def receive_interrupter(self) -> Callable[[], None] | None:
+        """:meth:`interrupt_receive`, where the readiness supports it."""
+        return self.interrupt_receive if self._readiness.interrupts else None
+
+    def interrupt_receive(self) -> None:
+        """Make the :meth:`receive_some` under way, or the next one, raise
+        :class:`ReceiveInterrupted` without reading: how a server wakes an
+        idle connection without a cancel scope per connection."""
+        self._interrupt = True
+        if self._receiving:
+            self._readiness.interrupt(self._fd)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         if self._send_closed:
@@ -192,6 +215,15 @@ class SocketStream(trio.abc.HalfCloseableStream):
     async def aclose(self) -> None:
         self.close()
         await checkpoint()
+
+
+def receive_interrupter(stream: trio.abc.ReceiveStream) -> Callable[[], None] | None:
+    """A callable that makes a waiting ``stream.receive_some`` raise
+    :class:`ReceiveInterrupted`, for the streams that offer one (ours on the
+    epoll path, and TLS over them); None for the rest, which are
+    interrupted the trio way, by cancelling a scope."""
+    offer = getattr(stream, "receive_interrupter", None)
+    return offer() if offer is not None else None
 
 
 async def close_at_once(stream: trio.abc.AsyncResource) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from .registry import ClientEntry
+from .socket_stream import receive_interrupter
 
 log = logging.getLogger("eco_trio.server")
 
@@ -168,6 +169,11 @@ class TLSStream(trio.abc.HalfCloseableStream):
 
     def getpeercert(self) -> dict[str, Any] | None:
         return self._ssl.getpeercert()
+
+    def receive_interrupter(self) -> Callable[[], None] | None:
+        """The transport's: an interrupted read leaves the TLS state as it
+        was, since no bytes were read."""
+        return receive_interrupter(self.transport)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         size = 65536 if max_bytes is None else max_bytes

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from eco_trio.readiness import EPOLL_AVAILABLE, Readiness, open_readiness
-from eco_trio.socket_stream import SendTimeout, SocketStream
+from eco_trio.socket_stream import ReceiveInterrupted, SendTimeout, SocketStream, receive_interrupter
 
 from .helpers import WAIT
 
@@ -212,6 +212,59 @@ async def test_a_cancelled_receive_loses_no_data(reactor: Readiness) -> None:
         assert await stream.receive_some() == b"hola"
     await stream.aclose()
     b.close()
+
+
+# --- interrupting a read ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("role", ["leader", "follower", "checkpoint"])
+async def test_an_interrupted_read_raises_and_loses_nothing(reactor: Readiness, role: str) -> None:
+    """What a server's shutdown does to each idle connection on the epoll
+    path, instead of cancelling a scope per connection: the read under way
+    (whether its task watches the epoll, waits behind the one that does, or
+    is about to try recv) raises ReceiveInterrupted, and the next read
+    gets the data that came meanwhile."""
+    interrupter_of = receive_interrupter
+    pairs = [socket.socketpair() for _ in range(2)]
+    first, second = (SocketStream(a, reactor) for a, _ in pairs)
+    if not reactor.interrupts:
+        assert interrupter_of(first) is None  # trio's waits are interrupted by a cancel scope
+        for stream, (_, b) in zip((first, second), pairs, strict=True):
+            await stream.aclose()
+            b.close()
+        return
+    target = first if role == "leader" else second
+    if role == "checkpoint":
+        pairs[1][1].send(b"x")
+        assert await second.receive_some() == b"x"  # now it tries recv before it waits
+    outcome: list[str] = []
+
+    async def read(stream: SocketStream, name: str) -> None:
+        try:
+            outcome.append(f"{name}: {(await stream.receive_some()).decode()}")
+        except ReceiveInterrupted:
+            outcome.append(f"{name}: interrupted")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read, first, "first")
+        await trio.testing.wait_all_tasks_blocked()  # first leads
+        nursery.start_soon(read, second, "second")
+        if role != "checkpoint":
+            await trio.testing.wait_all_tasks_blocked()  # second follows
+        interrupt = interrupter_of(target)
+        assert interrupt is not None
+        interrupt()
+        await trio.testing.wait_all_tasks_blocked()
+        assert outcome == [f"{'first' if target is first else 'second'}: interrupted"]
+        for _, b in pairs:
+            b.send(b"y")
+    other = "second" if target is first else "first"
+    assert f"{other}: y" in outcome  # the other read went on, undisturbed
+    with trio.fail_after(WAIT):
+        assert await target.receive_some() == b"y"  # the data that came meanwhile
+    for stream, (_, b) in zip((first, second), pairs, strict=True):
+        await stream.aclose()
+        b.close()
 
 
 # --- closing from another task ------------------------------------------------------
