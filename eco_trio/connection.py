@@ -109,6 +109,9 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     # (benchmarks/compare: connections/s, held connections): it is taken only
     # while a timer runs, or where the stream cannot be interrupted otherwise.
     interrupter = receive_interrupter(stream)
+    # Our sockets send what the kernel takes without a coroutine (see
+    # SocketStream.send_nowait); other streams go through send_all.
+    send_nowait = getattr(stream, "send_nowait", None)
     if server.shutting_down:
         entry.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
     else:
@@ -148,7 +151,11 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                         # One reply line per line this read completed (the
                         # fast path's case), or the flushed fragment's one.
                         entry.lines_out += lines or 1
-                        await send_all(reply)  # the common case, without a call
+                        # The common case, without a call: one reply, sent at once.
+                        if send_nowait is None:
+                            await send_all(reply)
+                        elif (sent := send_nowait(reply)) < len(reply):
+                            await send_all(memoryview(reply)[sent:])
                         del reply  # (see below: nothing of a batch is kept)
                     elif (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
                         return end
