@@ -28,8 +28,8 @@
 
 struct conn {
     int fd;
-    size_t held; /* bytes of an unfinished line, at the start of line[] */
-    char line[BUF];
+    size_t held, cap; /* an unfinished line: its bytes so far, and room */
+    char *line;       /* grown on demand, so an idle connection costs little */
 };
 
 static volatile sig_atomic_t stop;
@@ -54,7 +54,11 @@ static int serve(struct conn *c) {
         size_t o = 0;
         for (ssize_t i = 0; i < n; i++) {
             char ch = (char)toupper((unsigned char)in[i]);
-            if (c->held < BUF) c->line[c->held++] = ch;
+            if (c->held == c->cap && c->cap < BUF) {
+                c->cap = c->cap ? c->cap * 2 : 256;
+                c->line = realloc(c->line, c->cap);
+            }
+            if (c->held < c->cap) c->line[c->held++] = ch;
             if (in[i] == '\n') {
                 if (o + c->held > sizeof out) { send_all(c->fd, out, o); o = 0; }
                 memcpy(out + o, c->line, c->held);
@@ -92,10 +96,11 @@ int main(int argc, char **argv) {
                     send_all(fd, GREETING, sizeof GREETING - 1);
                     struct epoll_event cev = {.events = EPOLLIN | EPOLLRDHUP | EPOLLET, .data.ptr = c};
                     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev);
-                    if (!serve(c)) { close(fd); free(c); }
+                    if (!serve(c)) { close(fd); free(c->line); free(c); }
                 }
             } else if (!serve(c)) {
                 close(c->fd);
+                free(c->line);
                 free(c);
             }
         }
