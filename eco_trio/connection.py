@@ -144,22 +144,25 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                 entry.bytes_in += len(data)
                 lines = data.count(b"\n")
                 entry.lines_in += lines
+                reply = parser.quick_reply(data)
+                if reply is not None:
+                    # The usual read, whole ordinary lines: one reply line
+                    # each, in one write, without events or a call.
+                    entry.last_line_at = current_time()
+                    entry.bytes_out += len(reply)
+                    entry.lines_out += lines
+                    if send_nowait is None:
+                        await stream.send_all(reply)
+                    elif (sent := send_nowait(reply)) < len(reply):
+                        await stream.send_all(memoryview(reply)[sent:])
+                    # An idle connection keeps nothing of its last batch;
+                    # nothing is held or left over after a quick reply.
+                    del data, reply
+                    continue
                 events = parser.receive_data(data)
                 if events:
                     entry.last_line_at = current_time()
-                    if len(events) == 1 and type(events[0]) is Reply:
-                        reply = events[0].data
-                        entry.bytes_out += len(reply)
-                        # One reply line per line this read completed (the
-                        # fast path's case), or the flushed fragment's one.
-                        entry.lines_out += lines or 1
-                        # The common case, without a call: one reply, sent at once.
-                        if send_nowait is None:
-                            await stream.send_all(reply)
-                        elif (sent := send_nowait(reply)) < len(reply):
-                            await stream.send_all(memoryview(reply)[sent:])
-                        del reply  # (see below: nothing of a batch is kept)
-                    elif (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
+                    if (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
                         return end
                     if parser.has_backlog:
                         # The parser holds what is left to answer: drop our

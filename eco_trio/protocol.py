@@ -316,10 +316,21 @@ class ServerProtocol:
         if not self._buffer and data.endswith(b"\n"):
             # Whole lines with nothing held before them: the usual read, and
             # (unless a line needs a closer look) one reply for all of them.
-            batch = self._fast_batch(data)
-            if batch is not None:
-                return batch
+            reply = self._fast_reply(data)
+            if reply is not None:
+                return [Reply(reply)]
         return self._receive(data)
+
+    def quick_reply(self, data: bytes | bytearray) -> bytes | None:
+        """The whole reply to ``data`` when it is complete ordinary lines with
+        nothing held before them (the usual read), as bytes, without events;
+        None: call :meth:`receive_data` instead, which would give the same
+        reply as one :class:`Reply`.  The I/O layer's fast path."""
+        if self._fresh or self._closed or self._buffer or self._telnet is not None:
+            return None
+        if not data.endswith(b"\n") or 0xFF in data:
+            return None
+        return self._fast_reply(data)
 
     def _receive(self, data: bytes | bytearray) -> list[Event]:
         if not data:
@@ -350,9 +361,9 @@ class ServerProtocol:
         else:
             complete = buffer[:end]
             self._buffer += memoryview(buffer)[end:]
-        batch = self._fast_batch(complete)
-        if batch is not None:
-            return batch
+        reply = self._fast_reply(complete)
+        if reply is not None:
+            return [Reply(reply)]
         self._backlog, self._position = complete, 0
         return self._turn()
 
@@ -390,7 +401,7 @@ class ServerProtocol:
 
     # --- internals ----------------------------------------------------------
 
-    def _fast_batch(self, complete: bytes | bytearray) -> list[Event] | None:
+    def _fast_reply(self, complete: bytes | bytearray) -> bytes | None:
         """All complete lines of one read as one reply, or None when some line
         needs a closer look (a command, bad UTF-8, an over-long line)."""
         if len(complete) > self._max_line + 1:  # some line may be too long
@@ -411,7 +422,7 @@ class ServerProtocol:
                 return None
         if 0x0D in upper:  # "\r"
             upper = upper.replace(b"\r\n", b"\n")
-        return [Reply(upper if type(upper) is bytes else bytes(upper))]
+        return upper if type(upper) is bytes else bytes(upper)
 
     def _turn(self) -> list[Event]:
         """Answer backlog lines until a turn's budget is spent."""

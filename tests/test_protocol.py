@@ -517,3 +517,40 @@ def test_any_bytes_in_any_chunking_match_the_reference_and_stay_bounded(data: by
     out += wire(end)
     assert out.endswith(b"<CLOSE>")
     assert normalise(out) == reference(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    first=st.binary(max_size=20),
+    lines=st.lists(line_text.map(lambda s: s.encode() + b"\n"), min_size=1, max_size=12),
+)
+def test_the_quick_reply_is_receive_datas_reply_or_none(first: bytes, lines: list[bytes]) -> None:
+    """The connection's fast path (quick_reply) answers exactly what
+    receive_data would, or leaves the read to it: after any first read
+    (which may leave a fragment, telnet mode or a closed parser behind)."""
+    quick, reference = ServerProtocol(LIMIT), ServerProtocol(LIMIT)
+    for parser in (quick, reference):
+        receive(parser, first or b"x\n")
+    data = b"".join(lines)
+    reply = quick.quick_reply(data)
+    expected = wire(receive(reference, data))
+    if reply is None:
+        assert wire(receive(quick, data)) == expected
+    else:
+        assert reply == expected
+        assert not quick.has_fragment and not quick.has_backlog
+
+
+def test_the_quick_reply_leaves_the_first_read_and_commands_to_receive_data() -> None:
+    parser = ServerProtocol(LIMIT)
+    assert parser.quick_reply(b"buenas\n") is None  # the first read: a TLS hello is looked for
+    assert receive(parser, b"buenas\n") == [Reply(b"BUENAS\n")]
+    assert parser.quick_reply(b"buenas\nmundo\n") == b"BUENAS\nMUNDO\n"
+    for data in (b"LISTAR\n", b"x\n  apagar\n", b"sin fin", b"caf\xc3\n", b"\xff\xfb\x01\n"):
+        assert parser.quick_reply(data) is None, data
+    closed = ServerProtocol(LIMIT)
+    receive(closed, b"apagar\n")
+    assert closed.quick_reply(b"x\n") is None  # nothing more after APAGAR
+    telnet = ServerProtocol(LIMIT)
+    receive(telnet, b"\xff\xfb\x01x\n")
+    assert telnet.quick_reply(b"buenas\n") is None  # telnet's CR NUL and its other rules apply
