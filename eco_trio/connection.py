@@ -107,6 +107,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     receive_some = stream.receive_some
     current_time = server.clock()
     pause, idle = config.pause, server.idle_timeout
+    timers = idle is not None  # (besides the pause, while a fragment waits)
     # A cancel scope costs a connection about 0.8 KiB and 8 µs of CPU
     # (benchmarks/compare: connections/s, held connections): it is taken only
     # while a timer runs, or where the stream cannot be interrupted otherwise.
@@ -127,7 +128,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
         with trio.CancelScope() if scoped else _UNSCOPED as scope:
             entry.scope = scope if isinstance(scope, trio.CancelScope) else None
             while not entry.interrupted:
-                timed = fragment or idle is not None
+                timed = fragment or timers
                 if timed:
                     scope.deadline = min(
                         last_data + pause if fragment else math.inf,

@@ -92,10 +92,14 @@ class SocketStream(trio.abc.HalfCloseableStream):
         return self._sock
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        size = DEFAULT_RECEIVE_SIZE if max_bytes is None else operator.index(max_bytes)
-        if size < 1:
-            raise ValueError("max_bytes must be >= 1")
-        readiness = self._readiness
+        if max_bytes is None:
+            size = DEFAULT_RECEIVE_SIZE
+        elif type(max_bytes) is int and max_bytes > 0:  # what callers pass: checked cheaply
+            size = max_bytes
+        else:
+            size = operator.index(max_bytes)
+            if size < 1:
+                raise ValueError("max_bytes must be >= 1")
         while True:  # the hot path, kept in one frame on purpose
             if self._closed:
                 raise trio.ClosedResourceError("stream was closed")
@@ -104,7 +108,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
             else:
                 self._receiving = True
                 try:
-                    await readiness.wait_readable(self._fd, self._abort_wait)
+                    await self._readiness.wait_readable(self._fd, self._abort_wait)
                 except ReceiveInterrupted:
                     self._interrupt = False
                     raise
