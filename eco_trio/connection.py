@@ -1,12 +1,15 @@
 """One client's conversation with the server.
 
 The connection task reads, feeds the sans-IO protocol and writes the replies
-itself: one ``send_all`` per read, however many lines that read completed.
+itself: one write per read, however many lines that read completed.  The
+usual read (whole ordinary lines) takes the protocol's quick reply: bytes
+back, no events.
 
-Timers (the partial-line pause and the idle timeout) live on one cancel scope
-per conversation whose deadline is moved only while a timer is running; with
-no fragment buffered and no idle timeout, the per-message path touches no
-scope and no clock beyond one ``current_time()`` for LISTAR's idle column.
+A cancel scope is taken only while a timer runs (the partial-line pause, an
+idle timeout) or where the stream cannot interrupt its own read; otherwise a
+shutdown wakes a waiting read through the stream's interrupter.  The
+per-message path then touches no scope and no clock beyond one
+``current_time()`` for LISTAR's idle column.
 """
 
 from __future__ import annotations

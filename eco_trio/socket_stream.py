@@ -21,6 +21,11 @@ Differences from the trio Stream contract, on purpose:
   :class:`SendTimeout` (a :class:`trio.BrokenResourceError`), so a peer that
   never reads cannot pin a task and its buffers forever.
 
+Two additions for the server's connections: :meth:`send_nowait` sends what
+the kernel takes without a coroutine, and :meth:`interrupt_receive` makes a
+waiting read raise :class:`ReceiveInterrupted` (on the epoll path), so an
+idle connection needs no cancel scope for the server to wake it.
+
 Resource handling: the stream owns the socket; :meth:`aclose` (or the
 synchronous :meth:`close`) closes it.
 Error handling: every ``OSError`` from the socket becomes
