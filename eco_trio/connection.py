@@ -146,7 +146,8 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                 if timed:
                     scope.deadline = math.inf
                 entry.bytes_in += len(data)
-                lines = data.count(b"\n")
+                # (At end of input, a fragment still held is answered as a line.)
+                lines = data.count(b"\n") if data else int(fragment)
                 entry.lines_in += lines
                 reply = parser.quick_reply(data)
                 if reply is not None:
@@ -204,8 +205,9 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
         # A fragment kept back (it ends in a cut UTF-8 character) gets one
         # more pause.
         last_data = current_time()
-        if events:
+        if events:  # the fragment, answered as a line
             entry.last_line_at = last_data
+            entry.lines_in += 1
             if (end := await _answer(server, stream, entry, events, eof=False)) is not None:
                 return end
         del events
@@ -276,9 +278,13 @@ async def _answer(
 
 
 async def _send(stream: trio.abc.HalfCloseableStream, entry: ClientEntry, data: bytes) -> None:
+    _count_out(entry, data)
+    await stream.send_all(data)
+
+
+def _count_out(entry: ClientEntry, data: bytes) -> None:
     entry.bytes_out += len(data)
     entry.lines_out += data.count(b"\n")
-    await stream.send_all(data)
 
 
 #: How each foreign protocol is logged: HTTP is how a web page would attack
@@ -298,12 +304,17 @@ async def _send_listing(
     grows with the number of clients, and must not stall them."""
     entries = server.registry.snapshot()
     now = trio.current_time()
+    # The replies before LISTAR in the same read are counted before the
+    # requester's own row shows its counts.
+    _count_out(entry, before)
     header = protocol.encode_line(f"{protocol.LISTING_HEADER} {len(entries)}")
     for start in range(0, len(entries) or 1, LISTING_PART):
         if start:
             await trio.lowlevel.checkpoint()
         rows = listing_rows(entries[start : start + LISTING_PART], entry, now)
-        await _send(stream, entry, before + header + protocol.encode_lines(rows))
+        part = header + protocol.encode_lines(rows)
+        _count_out(entry, part)
+        await stream.send_all(before + part)
         before = header = b""
 
 

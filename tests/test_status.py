@@ -98,3 +98,27 @@ async def test_listar_rows_carry_counts_and_the_last_command(nursery: trio.Nurse
         rows = [row.decode() for row in await asker.lines(int(header.split()[1]))]
     assert " lineas=2/2 " in rows[0] and " ultimo=AYUDA" in rows[0]
     assert rows[1].endswith(" ultimo=LISTAR (tú)")
+
+
+async def test_line_counts_include_fragments_and_replies_before_a_listing(
+    nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every line answered counts, in and out: a fragment answered after a
+    pause or at end of input is a line in, and replies sent in the same
+    write as LISTAR are already counted in the requester's own row."""
+    caplog.set_level(logging.INFO, "eco_trio.server")
+    running = await start_server(nursery, pause=0.05)
+    async with running.peer() as peer:
+        await peer.send(b"uno\ndos\nLISTAR\n")
+        assert await peer.lines(3) == [b"UNO", b"DOS", b"CLIENTES 1"]
+        (row,) = await peer.lines(1)
+        assert b" lineas=3/2 " in row, row  # LISTAR itself is counted in, not yet out
+        await peer.send(b"tres")  # a fragment: answered after the pause
+        assert await peer.line() == b"TRES"
+        await peer.send(b"cuatro")  # a fragment the end of input answers
+        await peer.stream.send_eof()
+        assert await peer.line() == b"CUATRO"
+        assert await peer.expect_eof() == b""
+    await trio.testing.wait_all_tasks_blocked()
+    (reason,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disconnected")]
+    assert "5 lines in, 6 out" in reason, reason
