@@ -125,7 +125,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     last_data = entry.last_line_at
     while True:
         fragment = parser.has_fragment
-        scoped = fragment or idle is not None or interrupter is None
+        scoped = fragment or timers or interrupter is None
         entry.wake = None if scoped else interrupter
         rescope = False
         with trio.CancelScope() if scoped else _UNSCOPED as scope:
