@@ -313,12 +313,6 @@ class ServerProtocol:
                 return self._foreign("TLS")
         if self._telnet is not None or 0xFF in data:
             return self._receive_telnet(data)
-        if not self._buffer and data.endswith(b"\n"):
-            # Whole lines with nothing held before them: the usual read, and
-            # (unless a line needs a closer look) one reply for all of them.
-            reply = self._fast_reply(data)
-            if reply is not None:
-                return [Reply(reply)]
         return self._receive(data)
 
     def quick_reply(self, data: bytes | bytearray) -> bytes | None:

@@ -36,11 +36,6 @@ IO_PATHS: Final = ("auto", "epoll", "portable")
 EPOLL_AVAILABLE: Final = hasattr(select, "epoll")
 
 
-class ReceiveInterrupted(Exception):
-    """A waiting read was interrupted on request (see
-    :meth:`Readiness.interrupt`): nothing was read."""
-
-
 class Readiness(Protocol):
     """Readability of many sockets, for the tasks that read them."""
 
@@ -59,8 +54,8 @@ class Readiness(Protocol):
     def aborter(self, fd: int) -> Callable[[RaiseCancelT], Abort]: ...
 
     def interrupt(self, fd: int) -> None:
-        """Wake the task waiting on ``fd`` with :class:`ReceiveInterrupted`
-        (only where :attr:`interrupts`)."""
+        """Make the wait on ``fd`` return at once, with no events (only
+        where :attr:`interrupts`): the caller knows why."""
 
     async def wait_readable(self, fd: int, abort: Callable[[RaiseCancelT], Abort]) -> int:
         """Until ``fd`` may have data (or EOF, or an error).  Callers read

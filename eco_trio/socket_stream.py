@@ -43,11 +43,14 @@ from collections.abc import Callable
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_writable
 
-from .readiness import Readiness, ReceiveInterrupted
-
-__all__ = ["ReceiveInterrupted", "SendTimeout", "SocketStream", "close_at_once", "receive_interrupter"]
+from .readiness import Readiness
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
+
+
+class ReceiveInterrupted(Exception):
+    """A read was interrupted on request (:meth:`SocketStream.interrupt_receive`):
+    nothing was read."""
 
 
 class SendTimeout(trio.BrokenResourceError):
@@ -114,12 +117,9 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 self._receiving = True
                 try:
                     await self._readiness.wait_readable(self._fd, self._abort_wait)
-                except ReceiveInterrupted:
-                    self._interrupt = False
-                    raise
                 finally:
                     self._receiving = False
-            if self._interrupt:
+            if self._interrupt:  # (the wait, if any, was cut short for this)
                 self._interrupt = False
                 raise ReceiveInterrupted
             try:
