@@ -190,10 +190,7 @@ async def test_apagar_with_more_data_behind_it_still_delivers_the_goodbye(nurser
 
 
 async def test_desconexion_ends_everything_even_a_client_that_never_reads(nursery: trio.Nursery) -> None:
-    server = Server(ServerConfig(host="127.0.0.1", port=0, grace=0.5))
-    done = trio.Event()
-    addresses = await nursery.start(_serve_then_flag, server, done)
-    port = int(addresses[0].rsplit(":", 1)[1])
+    _, port, done = await _serve_until_done(nursery, grace=0.5)
 
     # A client that floods and never reads: the server ends up blocked
     # writing to it.
@@ -220,11 +217,17 @@ async def test_desconexion_ends_everything_even_a_client_that_never_reads(nurser
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-async def _serve_then_flag(
-    server: Server, done: trio.Event, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
-) -> None:
-    await server.serve(task_status=task_status)
-    done.set()
+async def _serve_until_done(nursery: trio.Nursery, **options: float) -> tuple[Server, int, trio.Event]:
+    """A server on a free port, and an event set once it has stopped."""
+    server = Server(ServerConfig(host="127.0.0.1", port=0, **options))  # type: ignore[arg-type]
+    done = trio.Event()
+
+    async def serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        await server.serve(task_status=task_status)
+        done.set()
+
+    addresses = await nursery.start(serve)
+    return server, int(addresses[0].rsplit(":", 1)[1]), done
 
 
 async def test_beginner_blocking_client_without_newline(nursery: trio.Nursery) -> None:
@@ -267,10 +270,7 @@ async def test_a_cancel_scope_only_while_a_timer_runs(nursery: trio.Nursery) -> 
     and 8 µs each): its stream's interrupter wakes it at shutdown.  A
     fragment's pause timer takes a scope, and still answers the fragment;
     shutdown reaches both kinds."""
-    server = Server(ServerConfig(host="127.0.0.1", port=0, pause=0.3, grace=1.0))
-    done = trio.Event()
-    addresses = await nursery.start(_serve_then_flag, server, done)
-    port = int(addresses[0].rsplit(":", 1)[1])
+    server, port, done = await _serve_until_done(nursery, pause=0.3, grace=1.0)
     async with (
         await trio.open_tcp_stream("127.0.0.1", port) as idle_stream,
         await trio.open_tcp_stream("127.0.0.1", port) as paused_stream,

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -91,16 +92,21 @@ def client_command(port: int, history: Path) -> str:
     return f"{env} {shlex.quote(sys.executable)} -m eco_trio cliente -H 127.0.0.1 -p {port}"
 
 
-def start(port: int, tmp_path: Path) -> Tmux:
+@contextmanager
+def started(port: int, tmp_path: Path) -> Iterator[Tmux]:
+    """The interactive client in tmux, once its prompt is up; closed after,
+    whatever happens (its start included)."""
     session = Tmux(client_command(port, tmp_path / "history"), tmp_path)
-    session.wait_for("eco> ", last=True)
-    return session
+    try:
+        session.wait_for("eco> ", last=True)
+        yield session
+    finally:
+        session.close()
 
 
 def test_greeting_then_prompt_then_replies(terminal: tuple[int, Path]) -> None:
     port, tmp_path = terminal
-    session = start(port, tmp_path)
-    try:
+    with started(port, tmp_path) as session:
         screen = session.screen()
         assert screen[0].startswith("BIENVENIDO") and screen[1:] == ["eco>"]
         session.keys("ñandú straße", "Enter")
@@ -109,14 +115,11 @@ def test_greeting_then_prompt_then_replies(terminal: tuple[int, Path]) -> None:
         assert screen[1:] == ["eco> ñandú straße", "ÑANDÚ STRASSE", "eco>"]
         session.keys("APAGAR", "Enter")
         assert session.exit_status() == 0
-    finally:
-        session.close()
 
 
 def test_a_notice_while_typing_and_a_reconnect(terminal: tuple[int, Path]) -> None:
     port, tmp_path = terminal
-    session = start(port, tmp_path)
-    try:
+    with started(port, tmp_path) as session:
         session.keys("medio escri")
         time.sleep(0.3)
         kicker = subprocess.run(
@@ -127,15 +130,12 @@ def test_a_notice_while_typing_and_a_reconnect(terminal: tuple[int, Path]) -> No
         screen = session.wait_for("eco (desconectado)> medio escri", last=True)
         assert any(line.startswith("AVISO: el servidor se está apagando") for line in screen)
         assert "eco> medio escri" not in screen  # the half line moved below the notice, whole
-    finally:
-        session.close()
 
 
 def test_a_paste_of_five_lines_never_tears(terminal: tuple[int, Path]) -> None:
     port, tmp_path = terminal
-    session = start(port, tmp_path)
     words = ["uno", "dos", "tres", "cuatro", "cinco"]
-    try:
+    with started(port, tmp_path) as session:
         session.paste("".join(word + "\n" for word in words))
         screen = session.wait_for("CINCO")
         screen = session.wait_for("eco> ", last=True)
@@ -143,23 +143,17 @@ def test_a_paste_of_five_lines_never_tears(terminal: tuple[int, Path]) -> None:
         assert [line for line in body if line.isupper()] == [word.upper() for word in words]
         assert [line.removeprefix("eco> ") for line in body if line.startswith("eco> ")] == words
         assert all(line.isupper() or line.startswith("eco>") for line in body), body
-    finally:
-        session.close()
 
 
 def test_history_is_kept_across_runs_and_commands_complete(terminal: tuple[int, Path]) -> None:
     port, tmp_path = terminal
-    session = start(port, tmp_path)
-    try:
+    with started(port, tmp_path) as session:
         session.keys("recuerdame", "Enter")
         session.wait_for("RECUERDAME")
         session.keys("C-d")
         assert session.exit_status() == 0
-    finally:
-        session.close()
     (tmp_path / "status").unlink()
-    session = start(port, tmp_path)
-    try:
+    with started(port, tmp_path) as session:
         session.keys("Up")
         session.wait_for("eco> recuerdame", last=True)
         session.keys("C-u", "lis", "Tab")
@@ -169,16 +163,11 @@ def test_history_is_kept_across_runs_and_commands_complete(terminal: tuple[int, 
             time.sleep(0.3)
             session.keys("Enter")  # the first Enter may only close the menu
         session.wait_for("CLIENTES 1")
-    finally:
-        session.close()
 
 
 def test_ctrl_c_leaves_with_130_and_a_sane_terminal(terminal: tuple[int, Path]) -> None:
     port, tmp_path = terminal
-    session = start(port, tmp_path)
-    try:
+    with started(port, tmp_path) as session:
         session.keys("a medias", "C-c")
         assert session.exit_status() == 130
         assert os.path.exists(tmp_path / "history")
-    finally:
-        session.close()
