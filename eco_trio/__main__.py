@@ -14,7 +14,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn, TypeVar
 
 import trio
@@ -189,7 +189,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     server.add_argument(
         "--tls-handshake-timeout",
         type=_positive(float),
-        default=ServerConfig().tls_handshake_timeout,
+        default=defaults.tls_handshake_timeout,
         metavar="SECONDS",
         help="close a connection whose TLS handshake takes longer (default: %(default)s)",
     )
@@ -622,28 +622,30 @@ def _only(exc: BaseException, kind: type[_E]) -> _E | None:
     return exc if isinstance(exc, kind) else None
 
 
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, down to the innermost cause (through
+    exception groups, by their first member: what trio wraps)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        yield cause
+        cause = cause.exceptions[0] if isinstance(cause, BaseExceptionGroup) else cause.__cause__
+
+
 def _root(exc: BaseException) -> BaseException:
-    """The innermost cause of ``exc`` (through groups and causes)."""
-    while True:
-        if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-            exc = exc.exceptions[0]
-        elif exc.__cause__ is not None:
-            exc = exc.__cause__
-        else:
-            return exc
+    """The innermost cause of ``exc``."""
+    *_, root = _chain(exc)
+    return root
 
 
 def _reason(exc: OSError) -> str:
     """The most specific explanation an OSError (or its cause) carries, in
     the system's words: trio's own messages embed Python reprs of socket
     addresses (``Error connecting to ('::1', 1, 0, 0): ...``)."""
-    cause: BaseException | None = exc
-    while cause is not None:
+    for cause in _chain(exc):
         if isinstance(cause, OSError) and cause.errno is not None and not isinstance(cause, socket.gaierror):
             return os.strerror(cause.errno)
         if isinstance(cause, OSError) and cause.strerror:
             return cause.strerror
-        cause = cause.exceptions[0] if isinstance(cause, BaseExceptionGroup) else cause.__cause__
     return str(exc)
 
 
