@@ -4,9 +4,10 @@
 
 Prints, for 50 connection tasks in one trio run:
 
-* **trio's step**: each task only awaits ``trio.lowlevel.checkpoint()``; the
-  price of one turn of one task, which every message pays (asyncio and
-  uvloop take this step in C);
+* **trio's step**: each task only awaits ``trio.lowlevel.checkpoint()``, or
+  the bare turn a busy socket stream takes (``eco_trio.scheduling.
+  schedule_point``); the price of one turn of one task, which every message
+  pays (asyncio and uvloop take this step in C);
 * **a message through eco_trio**: the real ``serve_connection`` over streams
   that answer at once (a 64-byte line per read, replies dropped), so the
   difference from the line above is the connection loop, the protocol and
@@ -36,7 +37,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from eco_trio.connection import serve_connection
-from eco_trio.scheduling import fifo_order
+from eco_trio.scheduling import fifo_order, schedule_point
 from eco_trio.server import Server, ServerConfig, serve
 
 TASKS, MESSAGES = 50, 4000
@@ -44,14 +45,14 @@ LINE = b"x" * 63 + b"\n"
 
 
 class AnsweringStream(trio.abc.HalfCloseableStream):
-    """Has a line ready at every read (after a checkpoint, as a socket
+    """Has a line ready at every read (after a bare turn, as a socket
     stream under load), drops what is sent, then ends."""
 
     def __init__(self) -> None:
         self.left = MESSAGES
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
+        await schedule_point()
         if not self.left:
             return b""
         self.left -= 1
@@ -70,14 +71,17 @@ class AnsweringStream(trio.abc.HalfCloseableStream):
         pass
 
 
-async def _steps() -> None:
-    async def task() -> None:
-        for _ in range(MESSAGES):
-            await trio.lowlevel.checkpoint()
+def _steps(turn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    async def steps() -> None:
+        async def task() -> None:
+            for _ in range(MESSAGES):
+                await turn()
 
-    async with trio.open_nursery() as nursery:
-        for _ in range(TASKS):
-            nursery.start_soon(task)
+        async with trio.open_nursery() as nursery:
+            for _ in range(TASKS):
+                nursery.start_soon(task)
+
+    return steps
 
 
 async def _messages() -> None:
@@ -142,9 +146,11 @@ def _is_client_side(frame: tracemalloc.Frame) -> bool:
 
 
 def main() -> None:
-    step = per_message(_steps)
+    checkpoint = per_message(_steps(trio.lowlevel.checkpoint))
+    step = per_message(_steps(schedule_point))
     message = per_message(_messages)
-    print(f"trio's step (one turn of one of {TASKS} tasks):  {step:.2f} µs")
+    print(f"trio's step (one turn of one of {TASKS} tasks):  {step:.2f} µs bare"
+          f"  (as a checkpoint: {checkpoint:.2f} µs)")  # fmt: skip
     print(f"a message through eco_trio (no network):    {message:.2f} µs"
           f"  (the connection loop, protocol and counters: {message - step:.2f} µs)")  # fmt: skip
     with fifo_order():

@@ -6,7 +6,7 @@ import pytest
 import trio
 from trio._core import _run
 
-from eco_trio.scheduling import fifo_order
+from eco_trio.scheduling import fifo_order, schedule_point
 
 TASKS, PASSES = 10, 40
 
@@ -56,3 +56,45 @@ def test_an_unknown_scheduler_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(_run, "_r", object())
     with fifo_order() as arranged:
         assert not arranged
+
+
+# --- the bare turn --------------------------------------------------------------------
+
+
+async def test_schedule_point_gives_every_other_task_a_turn() -> None:
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        await trio.lowlevel.checkpoint()  # other is running
+        before = turns
+        for _ in range(PASSES):
+            await schedule_point()
+        nursery.cancel_scope.cancel()
+    # A turn of the other task per turn of ours (give or take the first,
+    # as trio orders the batch).
+    assert turns - before >= PASSES - 1
+
+
+async def test_schedule_point_is_not_a_cancel_point() -> None:
+    # Which is why a caller that takes turn after turn must take a full
+    # checkpoint now and then (SocketStream: every CANCEL_POINT_EVERY reads).
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await schedule_point()
+        reached = True
+        await trio.lowlevel.checkpoint()
+        reached = False
+    assert reached
+
+
+def test_this_trio_gets_the_bare_turn_not_its_public_fallback() -> None:
+    # The fallback works but costs what the bare turn saves: a trio that no
+    # longer has the message fails here rather than quietly losing the gain.
+    assert schedule_point is not trio.lowlevel.cancel_shielded_checkpoint

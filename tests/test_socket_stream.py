@@ -11,15 +11,26 @@ import trio
 import trio.testing
 
 from eco_trio.readiness import EPOLL_AVAILABLE, Readiness, open_readiness
-from eco_trio.socket_stream import ReceiveInterrupted, SendTimeout, SocketStream, receive_interrupter
+from eco_trio.socket_stream import (
+    CANCEL_POINT_EVERY,
+    ReceiveInterrupted,
+    SendTimeout,
+    SocketStream,
+    receive_interrupter,
+)
 
 from .helpers import WAIT
 
 
 class CheckpointingStream(SocketStream):
-    """trio's checks require send_all to always checkpoint; ours skips it when
-    the kernel takes everything at once (documented).  Add it back here so
-    the rest of the contract is checked on the real class."""
+    """trio's checks require send_all and receive_some to always checkpoint;
+    ours skip the cancel point when the kernel takes everything at once, or
+    when a read need not wait (documented, and tested below).  Add it back
+    here so the rest of the contract is checked on the real class."""
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        return await super().receive_some(max_bytes)
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -210,6 +221,42 @@ async def test_a_cancelled_receive_loses_no_data(reactor: Readiness) -> None:
         await stream.receive_some()
     with trio.fail_after(5):
         assert await stream.receive_some() == b"hola"
+    await stream.aclose()
+    b.close()
+
+
+async def test_a_read_that_need_not_wait_lets_others_run_and_still_gets_cancelled(reactor: Readiness) -> None:
+    """A busy socket never makes its reader wait, so the read takes a bare
+    turn (no cancel point) and a full checkpoint every CANCEL_POINT_EVERY
+    reads: a cancellation reaches a connection whose client keeps sending,
+    and finds the data it did not read still there."""
+    a, b = socket.socketpair()
+    stream = SocketStream(a, reactor)
+    b.send(b"x" * 4 * CANCEL_POINT_EVERY)  # never drained by one-byte reads
+    turns = 0  # the other task's
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.lowlevel.checkpoint()
+
+    assert await stream.receive_some(1) == b"x"  # from now on it tries recv first
+    reads = 1
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(count_turns)
+        await trio.lowlevel.checkpoint()  # count_turns is running
+        before = turns
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            for _ in range(3 * CANCEL_POINT_EVERY):  # bounded: fails rather than spins
+                assert await stream.receive_some(1) == b"x"
+                reads += 1
+        nursery.cancel_scope.cancel()
+    assert turns - before >= reads - 2  # the other task had a turn per read
+    assert reads <= CANCEL_POINT_EVERY  # the scope's cancellation got through
+    with trio.fail_after(WAIT):
+        assert await stream.receive_some() == b"x" * (4 * CANCEL_POINT_EVERY - reads)
     await stream.aclose()
     b.close()
 
