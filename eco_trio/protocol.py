@@ -320,10 +320,14 @@ class ServerProtocol:
         nothing held before them (the usual read), as bytes, without events;
         None: call :meth:`receive_data` instead, which would give the same
         reply as one :class:`Reply`.  The I/O layer's fast path."""
-        if self._fresh or self._closed or self._buffer or self._telnet is not None:
+        if self._closed or self._buffer or self._telnet is not None:
             return None
         if not data.endswith(b"\n") or 0xFF in data:
             return None
+        if self._fresh:  # (what else a first read may be, _fast_reply sees)
+            if _is_tls_client_hello(data):
+                return None
+            self._fresh = False
         return self._fast_reply(data)
 
     def _receive(self, data: bytes | bytearray) -> list[Event]:

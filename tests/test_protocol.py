@@ -526,11 +526,13 @@ def test_any_bytes_in_any_chunking_match_the_reference_and_stay_bounded(data: by
 )
 def test_the_quick_reply_is_receive_datas_reply_or_none(first: bytes, lines: list[bytes]) -> None:
     """The connection's fast path (quick_reply) answers exactly what
-    receive_data would, or leaves the read to it: after any first read
-    (which may leave a fragment, telnet mode or a closed parser behind)."""
+    receive_data would, or leaves the read to it: as the first read (no
+    ``first``) or after any first read (which may leave a fragment, telnet
+    mode or a closed parser behind)."""
     quick, reference = ServerProtocol(LIMIT), ServerProtocol(LIMIT)
-    for parser in (quick, reference):
-        receive(parser, first or b"x\n")
+    if first:
+        for parser in (quick, reference):
+            receive(parser, first)
     data = b"".join(lines)
     reply = quick.quick_reply(data)
     expected = wire(receive(reference, data))
@@ -541,10 +543,16 @@ def test_the_quick_reply_is_receive_datas_reply_or_none(first: bytes, lines: lis
         assert not quick.has_fragment and not quick.has_backlog
 
 
-def test_the_quick_reply_leaves_the_first_read_and_commands_to_receive_data() -> None:
+def test_the_quick_reply_leaves_foreign_protocols_and_commands_to_receive_data() -> None:
+    hello = b"\x16\x03\x01\x02\x00\x01\n"  # a TLS record header, ending in a newline by chance
     parser = ServerProtocol(LIMIT)
-    assert parser.quick_reply(b"buenas\n") is None  # the first read: a TLS hello is looked for
-    assert receive(parser, b"buenas\n") == [Reply(b"BUENAS\n")]
+    assert parser.quick_reply(hello) is None
+    assert receive(parser, hello)[0] == ForeignProtocol("TLS")
+    for first in (b"GET / HTTP/1.1\r\n", b"POST /x HTTP/1.0\n", b"apagar\n"):
+        assert ServerProtocol(LIMIT).quick_reply(first) is None, first
+    parser = ServerProtocol(LIMIT)
+    assert parser.quick_reply(b"buenas\n") == b"BUENAS\n"  # an ordinary first read
+    assert parser.quick_reply(hello) == hello.upper()  # a TLS hello is looked for first only
     assert parser.quick_reply(b"buenas\nmundo\n") == b"BUENAS\nMUNDO\n"
     for data in (b"LISTAR\n", b"x\n  apagar\n", b"sin fin", b"caf\xc3\n", b"\xff\xfb\x01\n"):
         assert parser.quick_reply(data) is None, data
