@@ -120,8 +120,10 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     send_nowait = getattr(stream, "send_nowait", None)
     if server.shutting_down:
         entry.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
-    else:
+    elif send_nowait is None:
         await stream.send_all(_GREETING)
+    elif (sent := send_nowait(_GREETING)) < len(_GREETING):  # (a new socket's buffer is empty)
+        await stream.send_all(_GREETING[sent:])
     last_data = entry.last_line_at
     while True:
         fragment = parser.has_fragment
@@ -145,6 +147,10 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                 entry.reading = False
                 if timed:
                     scope.deadline = math.inf
+                if not data and parser.quick_close():  # the client closed, and nothing is held
+                    entry.closing = True
+                    entry.end_reason = "the client closed"
+                    return False  # it closed first: no lingering
                 entry.bytes_in += len(data)
                 # (At end of input, a fragment still held is answered as a line.)
                 lines = data.count(b"\n") if data else int(fragment)

@@ -330,6 +330,16 @@ class ServerProtocol:
             self._fresh = False
         return self._fast_reply(data)
 
+    def quick_close(self) -> bool:
+        """At end of input: True when nothing is held to answer (the usual
+        close), and the parser is closed; False: call ``receive_data(b"")``
+        instead, which answers what is held and closes.  The I/O layer's
+        fast path for a client that closes after its last reply."""
+        if self._closed or self._buffer or self._telnet is not None or self.has_backlog:
+            return False
+        self._closed = True
+        return True
+
     def _receive(self, data: bytes | bytearray) -> list[Event]:
         if not data:
             events = self._fragment_events()

@@ -543,6 +543,34 @@ def test_the_quick_reply_is_receive_datas_reply_or_none(first: bytes, lines: lis
         assert not quick.has_fragment and not quick.has_backlog
 
 
+@settings(max_examples=300, deadline=None)
+@given(first=st.binary(max_size=20), second=st.binary(max_size=20))
+def test_the_quick_close_is_receive_datas_close_or_declines(first: bytes, second: bytes) -> None:
+    """At end of input, the connection's fast path (quick_close) closes
+    only when receive_data(b"") would just close, and otherwise leaves
+    everything to it."""
+    quick, reference = ServerProtocol(LIMIT), ServerProtocol(LIMIT)
+    for parser in (quick, reference):
+        for data in (first, second):
+            if data:
+                receive(parser, data)
+    expected = receive(reference, b"")
+    if quick.quick_close():
+        assert expected == [Close()]
+        assert quick.receive_data(b"LISTAR\n") == []  # closed, as receive_data(b"") leaves it
+    else:
+        assert receive(quick, b"") == expected
+
+
+def test_the_quick_close_declines_what_is_held() -> None:
+    # A fragment; a telnet CR that may yet start CR LF; a parser closed by APAGAR.
+    for held in (b"sin fin", b"\xff\xfb\x01hola\n\r", b"apagar\n"):
+        parser = ServerProtocol(LIMIT)
+        parser.receive_data(held)
+        assert not parser.quick_close(), held
+    assert ServerProtocol(LIMIT).quick_close()  # nothing received, nothing held
+
+
 def test_the_quick_reply_leaves_foreign_protocols_and_commands_to_receive_data() -> None:
     hello = b"\x16\x03\x01\x02\x00\x01\n"  # a TLS record header, ending in a newline by chance
     parser = ServerProtocol(LIMIT)
