@@ -27,8 +27,8 @@ A busy connection takes one turn per message (its stream lets every other
 task run before it reads again), and trio's public way to take a turn,
 ``checkpoint()``, is also a cancel point: awaited through two more frames,
 it looks up the task and its cancel status after every turn.  That is a
-third of a turn's cost (``benchmarks/breakdown.py``: 1.44 µs against 0.91
-µs for a bare turn).  :func:`schedule_point` is the bare turn, trio's own
+third of a turn's cost (``benchmarks/breakdown.py``: about 1.45 µs against
+0.93 µs for a bare turn).  :func:`schedule_point` is the bare turn, trio's own
 ``cancel_shielded_checkpoint`` without the frames around its yield; a
 caller that takes many turns in a row must still take a full checkpoint
 now and then, so a cancellation reaches it (the socket stream takes one

@@ -54,7 +54,7 @@ DEFAULT_RECEIVE_SIZE = 64 * 1024
 #: A read that need not wait lets the other tasks run through a bare
 #: schedule point (a third cheaper than a checkpoint), and through a full
 #: checkpoint every this many reads, so that a cancellation reaches a
-#: connection whose client never lets it wait.  A power of two.
+#: connection whose client never lets it wait.
 CANCEL_POINT_EVERY = 16
 
 
