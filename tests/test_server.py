@@ -15,6 +15,7 @@ from .helpers import (
     GREETING_PREFIX,
     WAIT,
     Peer,
+    Running,
     address_of,
     blocking_client,
     flood_until_stuck,
@@ -190,20 +191,15 @@ async def test_apagar_with_more_data_behind_it_still_delivers_the_goodbye(nurser
 
 
 async def test_desconexion_ends_everything_even_a_client_that_never_reads(nursery: trio.Nursery) -> None:
-    _, port, done = await _serve_until_done(nursery, grace=0.5)
+    running, done = await _serve_until_done(nursery, grace=0.5)
+    port = running.port
 
     # A client that floods and never reads: the server ends up blocked
     # writing to it.
     hog = blocking_client(port)
     hog.setblocking(False)
     await trio.to_thread.run_sync(flood_until_stuck, hog)
-    async with (
-        await trio.open_tcp_stream("127.0.0.1", port) as other_stream,
-        await trio.open_tcp_stream("127.0.0.1", port) as requester_stream,
-    ):
-        other, requester = Peer(other_stream), Peer(requester_stream)
-        await other.line()
-        await requester.line()
+    async with running.peer() as other, running.peer() as requester:
         start = trio.current_time()
         assert await requester.request(b"DESCONEXION") == protocol.SHUTDOWN_ACK.encode()
         assert await other.line() == protocol.SHUTDOWN_NOTICE.encode()
@@ -217,8 +213,9 @@ async def test_desconexion_ends_everything_even_a_client_that_never_reads(nurser
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-async def _serve_until_done(nursery: trio.Nursery, **options: float) -> tuple[Server, int, trio.Event]:
-    """A server on a free port, and an event set once it has stopped."""
+async def _serve_until_done(nursery: trio.Nursery, **options: float) -> tuple[Running, trio.Event]:
+    """A server on a free port (as start_server), and an event set once it
+    has stopped."""
     server = Server(ServerConfig(host="127.0.0.1", port=0, **options))  # type: ignore[arg-type]
     done = trio.Event()
 
@@ -227,7 +224,7 @@ async def _serve_until_done(nursery: trio.Nursery, **options: float) -> tuple[Se
         done.set()
 
     addresses = await nursery.start(serve)
-    return server, int(addresses[0].rsplit(":", 1)[1]), done
+    return Running(server, int(addresses[0].rsplit(":", 1)[1])), done
 
 
 async def test_beginner_blocking_client_without_newline(nursery: trio.Nursery) -> None:
@@ -270,14 +267,9 @@ async def test_a_cancel_scope_only_while_a_timer_runs(nursery: trio.Nursery) -> 
     and 8 µs each): its stream's interrupter wakes it at shutdown.  A
     fragment's pause timer takes a scope, and still answers the fragment;
     shutdown reaches both kinds."""
-    server, port, done = await _serve_until_done(nursery, pause=0.3, grace=1.0)
-    async with (
-        await trio.open_tcp_stream("127.0.0.1", port) as idle_stream,
-        await trio.open_tcp_stream("127.0.0.1", port) as paused_stream,
-    ):
-        idle, paused = Peer(idle_stream), Peer(paused_stream)
-        await idle.line()
-        await paused.line()
+    running, done = await _serve_until_done(nursery, pause=0.3, grace=1.0)
+    server = running.server
+    async with running.peer() as idle, running.peer() as paused:
         assert await idle.request(b"hola") == b"HOLA"
         await paused.send(b"frag")
         await trio.sleep(0.1)  # read, and waiting out the pause
