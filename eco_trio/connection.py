@@ -120,10 +120,8 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
     send_nowait = getattr(stream, "send_nowait", None)
     if server.shutting_down:
         entry.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
-    elif send_nowait is None:
+    else:
         await stream.send_all(_GREETING)
-    elif (sent := send_nowait(_GREETING)) < len(_GREETING):  # (a new socket's buffer is empty)
-        await stream.send_all(_GREETING[sent:])
     last_data = entry.last_line_at
     while True:
         fragment = parser.has_fragment
@@ -148,8 +146,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                 if timed:
                     scope.deadline = math.inf
                 if not data and parser.quick_close():  # the client closed, and nothing is held
-                    entry.closing = True
-                    entry.end_reason = "the client closed"
+                    _note_close(entry, "end of input")
                     return False  # it closed first: no lingering
                 entry.bytes_in += len(data)
                 # (At end of input, a fragment still held is answered as a line.)
@@ -273,14 +270,19 @@ async def _answer(
                     await _send(stream, entry, b"".join(out))
                 return False  # not one more byte: no lingering either
             case Close(reason=reason):
-                entry.closing = True
-                entry.end_reason = "the client closed" if reason == "end of input" else reason
+                _note_close(entry, reason)
                 if out:
                     await _send(stream, entry, b"".join(out))
                 return not eof  # at end of input the client closed first
     if out:
         await _send(stream, entry, b"".join(out))
     return None
+
+
+def _note_close(entry: ClientEntry, reason: str) -> None:
+    """The conversation is ending for ``reason`` (a :class:`Close`'s)."""
+    entry.closing = True
+    entry.end_reason = "the client closed" if reason == "end of input" else reason
 
 
 async def _send(stream: trio.abc.HalfCloseableStream, entry: ClientEntry, data: bytes) -> None:

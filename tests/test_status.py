@@ -37,19 +37,31 @@ async def test_counters_after_a_known_session(
         async with running.peer() as leaving:
             assert await leaving.request(b"APAGAR") == "ADIOS: conexión cerrada.".encode()
             assert await leaving.expect_eof() == b""
+        # Two clients that close their side: after a whole line (the quick
+        # close) and after a fragment (answered first).
+        for last, reply in ((b"chau\n", b"CHAU"), (b"frag", b"FRAG")):
+            async with running.peer() as closer:
+                await closer.send(last)
+                await closer.stream.send_eof()
+                assert await closer.line() == reply
+                assert await closer.expect_eof() == b""
         await trio.testing.wait_all_tasks_blocked()
         counters = await status(first)
+        closed = [r for r in caplog.records if ": the client closed, after " in r.getMessage()]
     assert counters["clients"] == "1"
-    assert counters["connections_total"] == "3"
+    assert counters["connections_total"] == "5"
+    assert counters["disconnects_the_client_closed"] == "2"
     assert counters["refused_full"] == "1"
     assert counters["command_ayuda"] == "1" and counters["command_apagar"] == "1"
     assert counters["command_estado"] == "1"
     assert counters["disconnects_line_too_long"] == "1" and counters["disconnects_apagar"] == "1"
-    assert int(counters["lines_in"]) == 2 + 1 + 1 + 1  # first: hola, AYUDA, ESTADO; second; leaving
+    # first: hola, AYUDA, ESTADO; second; leaving; the two closers
+    assert int(counters["lines_in"]) == 3 + 1 + 1 + 2
     assert counters["io_path"] in ("epoll", "portable") and counters["version"]
     reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disconnected")]
     assert any(": line too long, after " in reason and "1 lines in" in reason for reason in reasons)
     assert any(": APAGAR, after " in reason for reason in reasons)
+    assert len(closed) == 2  # (first is still connected at that point)
 
 
 async def test_with_a_token_estado_needs_it(nursery: trio.Nursery) -> None:
