@@ -1,10 +1,27 @@
 """eco_trio: a line-oriented TCP server that answers in uppercase, and its
-client, built on trio."""
+client, built on trio.
 
-__version__ = "0.1.0"  # first: the modules below read it
+The public names are loaded on first use, so ``python -m eco_trio`` starts
+its command line (and its Ctrl-C guard) before trio is imported.
+"""
 
-from .client import Client, ClientUnusable, ConnectionClosed, ServerRefused, connect, open_client
-from .server import Server, ServerConfig, serve
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .client import Client, ClientUnusable, ConnectionClosed, ServerRefused, connect, open_client
+    from .server import Server, ServerConfig, serve
+
+_HOMES = {
+    **dict.fromkeys(
+        ("Client", "ClientUnusable", "ConnectionClosed", "ServerRefused", "connect", "open_client"), "client"
+    ),
+    **dict.fromkeys(("Server", "ServerConfig", "serve"), "server"),
+}
 
 __all__ = [
     "Client",
@@ -18,3 +35,12 @@ __all__ = [
     "open_client",
     "serve",
 ]
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'eco_trio' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value
+    return value

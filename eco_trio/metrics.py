@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import __version__
+from . import __version__, logs
 from .stats import memory
 
 if TYPE_CHECKING:
@@ -69,6 +69,11 @@ class ServerCollector(Collector):
         for reason, count in dict(totals.disconnects).items():
             disconnects.add_metric([reason], count)
         yield disconnects
+        yield CounterMetricFamily(
+            "eco_trio_log_lines_dropped",
+            "Log lines dropped because the log's reader fell behind",
+            value=logs.dropped_lines(),
+        )
         current, _ = memory()
         if current is not None:
             yield GaugeMetricFamily("eco_trio_resident_memory_bytes", "Resident memory", value=current)

@@ -28,7 +28,7 @@ from typing import Final
 
 import trio
 
-from . import __version__, protocol, tls
+from . import __version__, logs, protocol, tls
 from .connection import serve_connection
 from .readiness import Readiness, io_path, open_readiness
 from .registry import ClientEntry, Registry, format_address
@@ -238,6 +238,7 @@ class Server:
             **totals.snapshot(live),
             **{f"command_{slug(name)}": count for name, count in sorted(totals.commands.items())},
             **{f"disconnects_{slug(reason)}": n for reason, n in sorted(totals.disconnects.items())},
+            "log_lines_dropped": logs.dropped_lines(),
             "rss_bytes": current if current is not None else "-",
             "peak_rss_bytes": peak if peak is not None else "-",
             "max_clients": config.max_clients,

@@ -1,0 +1,728 @@
+"""The command line: ``python -m eco_trio servidor | cliente | bench``.
+
+The only module that touches argv, stdin/stdout, print and trio.run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn, TypeVar
+
+import trio
+
+from . import __version__, logs, open_files, scheduling, tls
+from .bench import MODES, BenchConfig, format_result, run_bench
+from .client import (
+    DEFAULT_CLOSE_WAIT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_REPLY_TIMEOUT,
+    Client,
+    ConnectionClosed,
+    HandshakeFailed,
+    ServerRefused,
+    SessionEnd,
+    open_client,
+    run_messages,
+    run_piped,
+)
+from .interactive import Link, run_interactive
+from .protocol import DEFAULT_MAX_LINE
+from .readiness import IO_PATHS
+from .registry import format_address
+from .server import REMOTE_IDLE_TIMEOUT, Server, ServerConfig
+from .terminal import input_chunks, open_prompt, print_line, write_lines
+
+log = logging.getLogger("eco_trio.server")
+_E = TypeVar("_E", bound=BaseException)
+_N = TypeVar("_N", int, float)
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+#: bench: the server left requests unanswered (closed, refused, said ERROR).
+EXIT_UNANSWERED = 3
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr, not a usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {port}")
+    return port
+
+
+def _number(kind: Callable[[str], _N], *, zero: bool, what: str = "number") -> Callable[[str], _N]:
+    """An argparse type: a ``kind`` greater than 0 (or, with ``zero``, 0 or more)."""
+
+    def parse(text: str) -> _N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}") from None
+        if zero and not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+        if not zero and not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+        return value
+
+    parse.__name__ = getattr(kind, "__name__", "number")
+    return parse
+
+
+def _positive(kind: Callable[[str], _N]) -> Callable[[str], _N]:
+    return _number(kind, zero=False)
+
+
+_not_negative = _number(float, zero=True)
+_not_negative_int = _number(int, zero=True, what="whole number")
+
+
+def program_name(argv0: str | None = None) -> str:
+    """The program as the user invoked it: ``python -m eco_trio`` or the
+    ``eco_trio`` script."""
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    name = os.path.basename(argv0)
+    if not name or name in ("__main__.py", "-c") or name.startswith("python"):
+        return "python -m eco_trio"
+    return name.removesuffix(".exe").removesuffix("-script.py")
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=prog or program_name(),
+        description="A line-oriented TCP server that answers in uppercase, and its client.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"eco_trio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{servidor,cliente,bench}")
+
+    server = commands.add_parser(
+        "servidor",
+        help="run the server",
+        description="Run the server. Stops on DESCONEXION, Ctrl-C, SIGTERM or SIGHUP, telling clients first. "
+        "Who may send DESCONEXION: nobody with --no-remote-shutdown; otherwise a client whose "
+        "certificate name is a --tls-admin (mutual TLS); otherwise, with --token, anyone who sends "
+        "'DESCONEXION TOKEN'; without a token, any loopback client.",
+    )
+    defaults = ServerConfig()
+    server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
+    server.add_argument(
+        "--port", type=_port, default=defaults.port, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    server.add_argument(
+        "--grace",
+        type=_positive(float),
+        default=defaults.grace,
+        metavar="SECONDS",
+        help="on shutdown, time clients get to receive the notice (default: %(default)s)",
+    )
+    server.add_argument(
+        "--pause",
+        type=_positive(float),
+        default=defaults.pause,
+        metavar="SECONDS",
+        help="silence after which an unterminated message is answered (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-line",
+        type=_positive(int),
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help="longest accepted line; longer closes the connection (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-clients",
+        type=_positive(int),
+        default=defaults.max_clients,
+        metavar="N",
+        help="connections served at once; more are turned away (default: %(default)s)",
+    )
+    server.add_argument(
+        "--idle-timeout",
+        type=_not_negative,
+        default=None,
+        metavar="SECONDS",
+        help="close a connection after this long without a complete line; 0: never (default: never "
+        f"on loopback, {REMOTE_IDLE_TIMEOUT:g} s when listening beyond it)",
+    )
+    server.add_argument(
+        "--send-timeout",
+        type=_positive(float),
+        default=defaults.send_timeout,
+        metavar="SECONDS",
+        help="close a connection that takes none of our replies for this long (default: %(default)s)",
+    )
+    server.add_argument(
+        "--token",
+        default=os.environ.get("ECO_TRIO_TOKEN"),
+        help="require 'DESCONEXION TOKEN' to shut down; one word, any bytes (default: $ECO_TRIO_TOKEN; "
+        "unset: DESCONEXION only from loopback)",
+    )
+    server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
+    server.add_argument(
+        "--tls-cert", metavar="FILE", help="certificate (PEM): --port then speaks TLS (1.2 or later)"
+    )
+    server.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    server.add_argument(
+        "--tls-ca",
+        metavar="FILE_OR_DIR",
+        help="require client certificates signed by these CAs (mutual TLS)",
+    )
+    server.add_argument(
+        "--tls-handshake-timeout",
+        type=_positive(float),
+        default=defaults.tls_handshake_timeout,
+        metavar="SECONDS",
+        help="close a connection whose TLS handshake takes longer (default: %(default)s)",
+    )
+    server.add_argument(
+        "--tls-admin",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a client certificate name (subject CN or SAN) that may send DESCONEXION without the "
+        "token; repeat for more (needs --tls-ca)",
+    )
+    server.add_argument(
+        "--plain-port",
+        type=_port,
+        metavar="PORT",
+        help="with TLS on --port, also listen in plain text on this port",
+    )
+    server.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST: 127.0.0.1 if left out) "
+        "(default: off)",
+    )
+    server.add_argument(
+        "--io",
+        choices=IO_PATHS,
+        default="auto",
+        help="I/O path: epoll is the Linux fast path, portable runs wherever trio does; auto picks "
+        "$ECO_TRIO_IO if set, else epoll where it exists (default: %(default)s)",
+    )
+    server.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: %(default)s)",
+    )
+    server.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="text lines, or one JSON object per line (default: %(default)s)",
+    )
+
+    client = commands.add_parser(
+        "cliente",
+        help="talk to a server",
+        description="Talk to a server: interactively, from piped input, or with MENSAJE arguments.",
+    )
+    _add_address_options(client, "localhost")
+    client.add_argument(
+        "--connect-timeout",
+        type=_positive(float),
+        default=DEFAULT_CONNECT_TIMEOUT,
+        metavar="SECONDS",
+        help="give up connecting (and waiting for the greeting) after this long (default: %(default)s)",
+    )
+    client.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=DEFAULT_REPLY_TIMEOUT,
+        metavar="SECONDS",
+        help="with MENSAJE arguments, give up on a reply after this long (default: %(default)s)",
+    )
+    client.add_argument("--tls", action="store_true", help="speak TLS (implied by the other --tls options)")
+    client.add_argument(
+        "--tls-ca", metavar="FILE_OR_DIR", help="trust these CAs (default: the system's store)"
+    )
+    client.add_argument("--tls-cert", metavar="FILE", help="client certificate (PEM), for mutual TLS")
+    client.add_argument("--tls-key", metavar="FILE", help="the client certificate's private key (PEM)")
+    client.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the name the server's certificate must carry (default: --host)",
+    )
+    client.add_argument(
+        "--close-wait",
+        type=_positive(float),
+        default=DEFAULT_CLOSE_WAIT,
+        metavar="SECONDS",
+        help="after APAGAR, DESCONEXION or end of input, how long to wait for the server "
+        "to close (default: %(default)s)",
+    )
+    client.add_argument(
+        "messages",
+        nargs="*",
+        metavar="MENSAJE",
+        help="send these lines one by one, print each reply and exit",
+    )
+    _add_bench_parser(commands)
+    return parser
+
+
+def _add_address_options(parser: argparse.ArgumentParser, host: str) -> None:
+    """-H/--host and -p/--port for the programs that connect.  -H, not
+    redis-cli's -h: -h is --help, as in every argparse program."""
+    parser.add_argument(
+        "-H",
+        "--host",
+        default=os.environ.get("ECO_TRIO_HOST") or host,
+        help=f"server address (default: $ECO_TRIO_HOST, else {host})",
+    )
+    parser.add_argument(
+        "-p",
+        "--port",
+        type=_port,
+        default=os.environ.get("ECO_TRIO_PORT") or "5000",
+        help="server port (default: $ECO_TRIO_PORT, else 5000)",
+    )
+
+
+def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
+    bench = commands.add_parser(
+        "bench",
+        help="measure a server",
+        epilog="Exit status: 0 every reply right; 1 a wrong reply; 2 a usage error; 3 requests left "
+        "unanswered (the server closed, refused or said ERROR; the reason is printed in its own words).",
+        description="Load-test a server (eco_trio or any line-uppercasing one) and check every reply. "
+        "On a small machine, pin the server and the benchmark to different cores, e.g. "
+        "'taskset -c 1 python -m eco_trio servidor' and 'taskset -c 0 python -m eco_trio bench'.",
+    )
+    _add_address_options(bench, "127.0.0.1")
+    bench.add_argument(
+        "--clients",
+        type=_positive(int),
+        default=50,
+        metavar="N",
+        help="connections (connect mode: concurrent slots) (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--seconds",
+        type=_positive(float),
+        default=3.0,
+        metavar="S",
+        help="measurement window, a hard bound (hold: how long to hold) (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--mode",
+        choices=MODES,
+        default="pingpong",
+        help="pingpong: 1 line in flight per connection; pipeline: --pipeline lines in "
+        "flight; connect: connect, greeting, one line, close, repeat; hold: open and hold "
+        "--clients connections (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--pipeline",
+        type=_positive(int),
+        default=16,
+        metavar="K",
+        help="lines in flight per connection in pipeline mode (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--size",
+        type=_positive(int),
+        default=64,
+        metavar="BYTES",
+        help="bytes per line, without the newline (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--greeting-lines",
+        type=_not_negative_int,
+        default=1,
+        metavar="N",
+        help="lines the server sends on connect, skipped (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--warmup",
+        type=_not_negative,
+        default=0.5,
+        metavar="S",
+        help="seconds of load before measuring (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="hold mode: read this process's memory from /proc to report it per connection",
+    )
+    bench.add_argument(
+        "--cpu",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run the benchmark on CPU N only (pin the server elsewhere, e.g. with taskset)",
+    )
+    bench.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="speak TLS, trusting this CA ('' for the system's store) (default: plain text)",
+    )
+    bench.add_argument("--tls-server-name", metavar="NAME", help="the name to check the certificate against")
+    bench.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+
+
+# --- servidor -----------------------------------------------------------------
+
+
+def run_server(args: argparse.Namespace) -> int:
+    # argv and the environment are bytes on POSIX: fsencode gives back the
+    # token exactly as typed, even if it is not UTF-8.
+    token = None if args.token is None else os.fsencode(args.token)
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            grace=args.grace,
+            pause=args.pause,
+            max_line=args.max_line,
+            max_clients=args.max_clients,
+            idle_timeout=args.idle_timeout,
+            send_timeout=args.send_timeout,
+            token=token,
+            remote_shutdown=not args.no_remote_shutdown,
+            io=args.io,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            tls_handshake_timeout=args.tls_handshake_timeout,
+            tls_admin=tuple(args.tls_admin),
+            plain_port=args.plain_port,
+            metrics=args.metrics,
+        )
+        if config.tls_cert is not None and config.tls_key is not None:
+            tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line
+    except (OSError, ssl.SSLError) as exc:
+        print(
+            f"{args.prog} servidor: error: cannot load the TLS files: {exc.strerror or exc}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    except ValueError as exc:
+        print(f"{args.prog} servidor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(args.log_level, args.log_format, sys.stderr)
+    try:
+        config = dataclasses.replace(config, max_clients=open_files.fit_clients(config.max_clients))
+        with scheduling.fifo_order():  # a steady round: see scheduling.py
+            return trio.run(_serve_until_stopped, config)
+    except BaseException as exc:
+        error = _only(exc, OSError)
+        if _only(exc, KeyboardInterrupt) is not None:
+            return EXIT_INTERRUPTED  # Ctrl-C before the signal handling was set up: nothing to tell
+        if error is None:
+            raise
+        print(
+            f"{args.prog} servidor: cannot listen on {format_address((args.host, args.port))}: "
+            f"{_reason(error)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    finally:
+        logs.stop()  # what is queued goes out, unless stderr is stuck
+
+
+#: Signals that shut the server down gracefully: Ctrl-C, a service manager's
+#: stop, and the terminal or SSH session closing (SIGHUP), where they exist.
+_SHUTDOWN_SIGNALS = [
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+]
+
+
+async def _serve_until_stopped(config: ServerConfig) -> int:
+    """Serve; the first shutdown signal shuts down gracefully, a second one
+    during the grace period stops at once."""
+    server = Server(config)
+    forced = False
+    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal forced
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if server.shutting_down:
+                        log.warning("%s again: stopping now", name)
+                        forced = True
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info("%s: shutting down (send it again to stop at once)", name)
+                    server.shutdown()
+
+            nursery.start_soon(watch_signals)
+            await server.serve()
+            nursery.cancel_scope.cancel()
+    if forced:
+        server.flush_counts()
+        log.warning("server stopped at once: connections still open were cut")
+    return EXIT_INTERRUPTED if forced else EXIT_OK
+
+
+# --- cliente ------------------------------------------------------------------
+
+#: What a shell reports for a program ended by a closed pipe (128 + SIGPIPE).
+EXIT_BROKEN_PIPE = 141
+
+
+def run_client(args: argparse.Namespace) -> int:
+    try:
+        args.ssl_context = _client_tls(args)
+    except (OSError, ValueError) as exc:
+        _say(args, f"error: cannot load the TLS files: {getattr(exc, 'strerror', None) or exc}")
+        return EXIT_USAGE
+    try:
+        return trio.run(_talk, args)
+    except BaseException as exc:
+        if _only(exc, KeyboardInterrupt) is not None:
+            print(file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if _only(exc, BrokenPipeError) is not None:
+            # Whoever read our output has gone (``| head -1``): end quietly,
+            # as nc and redis-cli do, and keep Python from complaining about
+            # the unflushed rest at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
+        raise
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    print(f"{args.prog} cliente: {message}", file=sys.stderr)
+
+
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return tls.client_context(args.tls_ca, args.tls_cert, args.tls_key)
+
+
+async def _open(args: argparse.Namespace) -> Client | str:
+    """A connected client, or one line saying why not."""
+    address = format_address((args.host, args.port))
+    try:
+        return await open_client(
+            args.host,
+            args.port,
+            connect_timeout=args.connect_timeout,
+            ssl_context=args.ssl_context,
+            server_hostname=args.tls_server_name,
+        )
+    except HandshakeFailed as exc:
+        return f"TLS with {address} failed: {exc}"
+    except socket.gaierror as exc:
+        return f"cannot find host {args.host!s}: {exc.strerror or exc}"
+    except trio.TooSlowError:
+        hint = "" if args.ssl_context is not None else " (if it is a TLS port, add --tls)"
+        return f"no answer from {address} within {args.connect_timeout:g} s{hint}"
+    except ServerRefused as exc:
+        return f"{address} refused the connection: {exc.line}"
+    except ConnectionClosed as exc:
+        return f"{address}: {exc}"
+    except OSError as exc:
+        message = f"cannot connect to {address}: {_reason(exc)}"
+        if isinstance(_root(exc), ConnectionRefusedError):
+            message += (
+                f". Is the server running? Start it with: {args.prog} servidor "
+                f"--host {args.host} --port {args.port}"
+            )
+        return message
+
+
+async def _talk(args: argparse.Namespace) -> int:
+    interactive = not args.messages and sys.stdin.isatty()
+    if interactive:
+        return await _talk_interactively(args)
+    outcome = await _open(args)
+    if isinstance(outcome, str):
+        _say(args, outcome)
+        return EXIT_FAILURE
+    client = outcome
+    address = format_address((args.host, args.port))
+    async with client.stream:
+        if args.messages:
+            return await _send_messages(args, client, address)
+        write = write_lines(sys.stdout)
+        write([client.greeting or ""])
+        try:
+            end = await run_piped(
+                client,
+                input_chunks(sys.stdin.buffer),
+                write,
+                close_wait=args.close_wait,
+                reply_timeout=args.timeout,
+            )
+        except trio.TooSlowError:
+            _say(args, f"no reply from {address} within {args.timeout:g} s")
+            return EXIT_FAILURE
+    return _session_status(args, end)
+
+
+async def _send_messages(args: argparse.Namespace, client: Client, address: str) -> int:
+    show = print_line(sys.stdout)
+    try:
+        unsent = await run_messages(client, args.messages, show, reply_timeout=args.timeout)
+    except (ConnectionClosed, trio.BrokenResourceError):
+        _say(args, "the server closed the connection before answering")
+        return EXIT_FAILURE
+    except trio.TooSlowError:
+        _say(args, f"no reply from {address} within {args.timeout:g} s")
+        return EXIT_FAILURE
+    if unsent:
+        _say(args, f"not sent, the connection was closed before them: {' '.join(unsent)}")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _talk_interactively(args: argparse.Namespace) -> int:
+    link = Link()
+    prompt = open_prompt(link.prompt, sys.stdout, lambda message: _say(args, message))
+    try:
+        await run_interactive(lambda: _open(args), prompt.read, prompt.show, link, close_wait=args.close_wait)
+    finally:
+        prompt.close()
+    return EXIT_OK
+
+
+def _session_status(args: argparse.Namespace, end: SessionEnd) -> int:
+    if end is SessionEnd.SERVER_CLOSED:
+        _say(args, "the server closed the connection")
+        return EXIT_FAILURE
+    if end is SessionEnd.TIMED_OUT:
+        _say(args, f"the server did not close the connection within {args.close_wait:g} s")
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+# --- helpers --------------------------------------------------------------------
+
+
+def _only(exc: BaseException, kind: type[_E]) -> _E | None:
+    """``exc`` if it is a ``kind``, or a group holding just one (nurseries wrap)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc if isinstance(exc, kind) else None
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what caused it, down to the innermost cause (through
+    exception groups, by their first member: what trio wraps)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        yield cause
+        cause = cause.exceptions[0] if isinstance(cause, BaseExceptionGroup) else cause.__cause__
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The innermost cause of ``exc``."""
+    *_, root = _chain(exc)
+    return root
+
+
+def _reason(exc: OSError) -> str:
+    """The most specific explanation an OSError (or its cause) carries, in
+    the system's words: trio's own messages embed Python reprs of socket
+    addresses (``Error connecting to ('::1', 1, 0, 0): ...``)."""
+    for cause in _chain(exc):
+        if isinstance(cause, OSError) and cause.errno is not None and not isinstance(cause, socket.gaierror):
+            return os.strerror(cause.errno)
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    return str(exc)
+
+
+# --- bench --------------------------------------------------------------------------
+
+
+def run_benchmark(args: argparse.Namespace) -> int:
+    try:
+        config = BenchConfig(
+            host=args.host,
+            port=args.port,
+            clients=args.clients,
+            seconds=args.seconds,
+            mode=args.mode,
+            pipeline=args.pipeline,
+            size=args.size,
+            greeting_lines=args.greeting_lines,
+            warmup=args.warmup,
+            server_pid=args.server_pid,
+            tls_ca=args.tls_ca,
+            tls_server_name=args.tls_server_name,
+        )
+    except ValueError as exc:
+        print(f"{args.prog} bench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.cpu is not None:
+        if not hasattr(os, "sched_setaffinity"):
+            print(
+                f"{args.prog} bench: error: --cpu needs CPU affinity, which this platform does not offer "
+                "(Linux has it); leave it out",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        try:
+            os.sched_setaffinity(0, {args.cpu})
+        except (OSError, ValueError) as exc:
+            print(f"{args.prog} bench: error: cannot run on CPU {args.cpu}: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    live = sys.stderr.isatty() and not args.json
+
+    def progress(elapsed: float, replies: int) -> None:
+        left = max(0.0, args.seconds - elapsed)
+        rate = replies / elapsed if elapsed else 0
+        sys.stderr.write(
+            f"\r\x1b[2K  {elapsed:4.1f} s done, {left:4.1f} s left  {replies:>12,} replies  {rate:>12,.0f}/s"
+        )
+        sys.stderr.flush()
+
+    try:
+        result = run_bench(config, progress if live else None)
+    except OSError as exc:
+        print(f"{args.prog} bench: {exc.strerror or exc}. Is the server running?", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if live:
+        sys.stderr.write("\r\x1b[2K")
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        print(format_result(result))
+    if result.mismatches:
+        return EXIT_FAILURE
+    if result.errors or not (result.replies or result.connections_held):
+        return EXIT_UNANSWERED
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.prog = parser.prog
+    if args.command == "servidor":
+        return run_server(args)
+    if args.command == "bench":
+        return run_benchmark(args)
+    return run_client(args)
