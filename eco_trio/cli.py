@@ -197,9 +197,33 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "--tls-admin",
         action="append",
         default=[],
-        metavar="NAME",
-        help="a client certificate name (subject CN or SAN) that may send DESCONEXION without the "
-        "token; repeat for more (needs --tls-ca)",
+        metavar="FIELD=NAME",
+        help="a client certificate name that may send DESCONEXION without the token, with the field "
+        "it must be in: CN=, DNS=, email=, URI= or IP= (e.g. CN=admin; a certificate with two CNs "
+        "matches no CN=); repeat for more (needs --tls-ca)",
+    )
+    server.add_argument(
+        "--max-handshakes",
+        type=_positive(int),
+        default=defaults.max_handshakes,
+        metavar="N",
+        help="TLS connections still in their handshake at once, apart from --max-clients; past it the "
+        "oldest is dropped (default: %(default)s)",
+    )
+    server.add_argument(
+        "--handshake-rate",
+        type=_not_negative,
+        default=defaults.handshake_rate,
+        metavar="PER_SECOND",
+        help="TLS handshakes started per second, in all; more wait their turn; 0: no bound "
+        "(default: %(default)g)",
+    )
+    server.add_argument(
+        "--handshake-rate-per-ip",
+        type=_not_negative,
+        default=defaults.handshake_rate_per_ip,
+        metavar="PER_SECOND",
+        help="TLS handshakes started per second from one client address; 0: no bound (default: %(default)g)",
     )
     server.add_argument(
         "--plain-port",
@@ -410,6 +434,9 @@ def run_server(args: argparse.Namespace) -> int:
             tls_ca=args.tls_ca,
             tls_handshake_timeout=args.tls_handshake_timeout,
             tls_admin=tuple(args.tls_admin),
+            max_handshakes=args.max_handshakes,
+            handshake_rate=args.handshake_rate,
+            handshake_rate_per_ip=args.handshake_rate_per_ip,
             plain_port=args.plain_port,
             metrics=args.metrics,
         )
@@ -425,7 +452,12 @@ def run_server(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logs.configure(args.log_level, args.log_format, sys.stderr)
     try:
-        config = dataclasses.replace(config, max_clients=open_files.fit_clients(config.max_clients))
+        config = dataclasses.replace(
+            config,
+            max_clients=open_files.fit_clients(
+                config.max_clients, config.max_handshakes if config.tls_cert else 0
+            ),
+        )
         with scheduling.fifo_order():  # a steady round: see scheduling.py
             return trio.run(_serve_until_stopped, config)
     except BaseException as exc:

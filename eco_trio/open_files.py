@@ -20,15 +20,17 @@ log = logging.getLogger("eco_trio.server")
 RESERVED = 32
 
 
-def fit_clients(max_clients: int) -> int:
+def fit_clients(max_clients: int, others: int = 0) -> int:
     """How many clients the open-files limit allows, at most ``max_clients``,
-    after raising the soft limit to the hard one."""
+    after raising the soft limit to the hard one.  ``others``: descriptors
+    held besides clients' (TLS handshakes in progress, metrics scrapes)."""
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows has no such limit
         return max_clients
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = max_clients + RESERVED
+    reserved = RESERVED + others
+    wanted = max_clients + reserved
     if hard != resource.RLIM_INFINITY:
         wanted = min(wanted, hard)
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -38,15 +40,15 @@ def fit_clients(max_clients: int) -> int:
         except (ValueError, OSError) as exc:
             log.warning("could not raise the open-files limit from %d: %s", soft, exc)
     log.debug("open-files limit: %d", soft)
-    if soft == resource.RLIM_INFINITY or soft >= max_clients + RESERVED:
+    if soft == resource.RLIM_INFINITY or soft >= max_clients + reserved:
         return max_clients
-    fitting = max(soft - RESERVED, 1)
+    fitting = max(soft - reserved, 1)
     log.warning(
         "--max-clients lowered from %d to %d: the open-files limit is %d (ulimit -n) and %d "
         "descriptors are kept for the server itself",
         max_clients,
         fitting,
         soft,
-        RESERVED,
+        reserved,
     )
     return fitting

@@ -180,8 +180,16 @@ def _is_http(raw: bytes | bytearray) -> bool:
 
 
 def _is_tls_client_hello(data: bytes | bytearray) -> bool:
-    """A TLS record header: handshake (0x16), version 3.x (SSL 3 to TLS 1.3)."""
-    return len(data) >= 3 and data[0] == 0x16 and data[1] == 0x03 and data[2] <= 0x04
+    """Whether a first read starts a TLS record header: handshake (0x16),
+    version 3.x (SSL 3 to TLS 1.3).  A read shorter than the header counts
+    when what it has fits, so a ClientHello sent a byte at a time is seen
+    too: no line of text starts with the control character 0x16 (SYN)."""
+    return (
+        len(data) >= 1
+        and data[0] == 0x16
+        and (len(data) < 2 or data[1] == 0x03)
+        and (len(data) < 3 or data[2] <= 0x04)
+    )
 
 
 # The second byte a UTF-8 sequence may have after each lead byte (RFC 3629:

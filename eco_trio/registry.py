@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .protocol import ServerProtocol
+from .visible import escape_word
 
 OUTBOX_SIZE = 4
 
@@ -163,6 +164,6 @@ def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, 
         if entry.protocol is not None and entry.protocol.last_command is not None:
             row += f" ultimo={entry.protocol.last_command.replace(' ', '_')}"
         if entry.certificate_names:
-            row += f" cert={entry.certificate_names[0]}"
+            row += f" cert={escape_word(entry.certificate_names[0])}"
         rows.append(row + " (tú)" if entry is requester else row)
     return rows

@@ -28,12 +28,14 @@ from typing import Final
 
 import trio
 
-from . import __version__, logs, protocol, tls
+from . import __version__, handshakes, logs, protocol, tls
 from .connection import serve_connection
+from .handshakes import Handshakes
 from .readiness import Readiness, io_path, open_readiness
 from .registry import ClientEntry, Registry, format_address
 from .socket_stream import SocketStream
 from .stats import Totals, memory, slug
+from .visible import escape
 
 log = logging.getLogger("eco_trio.server")
 
@@ -96,9 +98,15 @@ class ServerConfig:
     #: CA file or directory: clients must present a certificate it signed.
     tls_ca: str | None = None
     tls_handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT
-    #: Certificate names (subject CN or SAN) whose holders may send
-    #: DESCONEXION without the token (needs tls_ca).
+    #: Certificate names, ``FIELD=value`` (CN=, DNS=, email=, URI=, IP=),
+    #: whose holders may send DESCONEXION without the token (needs tls_ca).
     tls_admin: tuple[str, ...] = ()
+    #: TLS connections in their handshake at once (apart from max_clients;
+    #: past it the oldest is dropped), and handshakes started per second, in
+    #: all and per client address (0: no bound).  See handshakes.py.
+    max_handshakes: int = handshakes.DEFAULT_LIMIT
+    handshake_rate: float = handshakes.DEFAULT_RATE
+    handshake_rate_per_ip: float = handshakes.DEFAULT_RATE_PER_SOURCE
     #: With TLS, a plain-text listener on this port too (None: none).
     plain_port: int | None = None
     #: Serve Prometheus metrics on this ``[HOST:]PORT`` (None: no).
@@ -126,6 +134,11 @@ class ServerConfig:
             raise ValueError("--tls-cert and --tls-key go together")
         if self.tls_cert is None and (self.tls_ca or self.tls_admin or self.plain_port is not None):
             raise ValueError("--tls-ca, --tls-admin and --plain-port need --tls-cert and --tls-key")
+        object.__setattr__(self, "tls_admin", tuple(tls.parse_admin(name) for name in self.tls_admin))
+        if self.max_handshakes < 1:
+            raise ValueError(f"max_handshakes must be at least 1, not {self.max_handshakes}")
+        if not (self.handshake_rate >= 0 and self.handshake_rate_per_ip >= 0):
+            raise ValueError("handshake rates must be 0 (no bound) or more")
         if self.tls_admin and self.tls_ca is None:
             raise ValueError("--tls-admin needs --tls-ca: only verified client certificates carry names")
         if not self.tls_handshake_timeout > 0:
@@ -161,6 +174,11 @@ class Server:
         self._refusals = _Throttled(logging.WARNING)
         self._skipped_accepts = _Throttled(logging.WARNING)
         self._failed_accepts = _Throttled(logging.ERROR)
+        # At INFO, once a second at most: a handshake flood must not flood the log.
+        self._handshake_failures = _Throttled(logging.INFO)
+        self.handshakes = Handshakes(
+            self.config.max_handshakes, self.config.handshake_rate, self.config.handshake_rate_per_ip
+        )
         self.totals = Totals()
         self.io_path = "-"
         self._clock: Callable[[], float] | None = None
@@ -200,10 +218,6 @@ class Server:
             extra={"event": "disconnected", "peer": entry.address, "reason": entry.end_reason},
         )
 
-    def handshake_failed(self, entry: ClientEntry) -> None:
-        self.registry.unregister(entry)
-        self.totals.refused["TLS handshake"] += 1
-
     def _token_matches(self, token: bytes | None) -> bool:
         """Whether ``token`` is the server's (in constant time); True when
         the server has none."""
@@ -233,6 +247,8 @@ class Server:
             "io_path": self.io_path,
             "tls": "si" if config.tls_cert else "no",
             "clients": len(live),
+            "tls_handshakes_pending": len(self.handshakes),
+            "tls_handshakes_dropped": self.handshakes.dropped,
             "connections_total": totals.connections,
             **{f"refused_{slug(cause)}": totals.refused[cause] for cause in _REFUSALS},
             **totals.snapshot(live),
@@ -254,9 +270,9 @@ class Server:
         config = self.config
         if not config.remote_shutdown:
             return "ERROR DESCONEXION está desactivado en este servidor.", False
-        admin = next((name for name in entry.certificate_names if name in config.tls_admin), None)
+        admin = tls.admin_name(entry.certificate_names, config.tls_admin)
         if admin is not None:
-            log.info("DESCONEXION from %s (certificate %s): shutting down", entry.address, admin)
+            log.info("DESCONEXION from %s (certificate %s): shutting down", entry.address, escape(admin))
             entry.closing = True
             self.shutdown()
             return protocol.SHUTDOWN_ACK, True
@@ -357,6 +373,7 @@ class Server:
                         task_status.started(addresses)
                         await self._shutdown.wait()
                         acceptors.cancel_scope.cancel()
+                    self.handshakes.cancel_all()  # nobody is owed a goodbye before their hello
                 finally:
                     for sock, _ in listeners:
                         readiness.forget(sock.fileno())
@@ -372,7 +389,12 @@ class Server:
 
     def flush_counts(self) -> None:
         """Log what the once-a-second log lines have not said yet."""
-        for throttled in (self._refusals, self._skipped_accepts, self._failed_accepts):
+        for throttled in (
+            self._refusals,
+            self._skipped_accepts,
+            self._failed_accepts,
+            self._handshake_failures,
+        ):
             throttled.flush()
 
     async def _flush_counts_every_second(self) -> None:
@@ -393,7 +415,7 @@ class Server:
         task exists: the clients turned away are always the newest, LISTAR
         shows arrival order, and a refusal costs no task and no lingering.
         """
-        send_timeout, registry = self.config.send_timeout, self.registry
+        send_timeout = self.config.send_timeout
         fd = listener.fileno()
         readiness.register(listener)
         abort = readiness.aborter(fd)
@@ -417,42 +439,95 @@ class Server:
                     await trio.sleep(_ACCEPT_BACKOFF)
                     continue
                 address = format_address(peer)
-                entry = registry.register(address, trio.current_time())
-                if entry is None:
-                    # A TLS client could not read a plain line; it is just closed.
-                    _refuse(sock, self._refusal_line if context is None else b"")
-                    self.totals.refused["full"] += 1
-                    self._refusals.note(
-                        "refused %s: already %d clients (--max-clients)", address, registry.max_clients
-                    )
-                else:
-                    self.totals.connections += 1
-                    if log.isEnabledFor(logging.INFO):
-                        log.info(  # in accept order
-                            "connected %s (%d clients)",
-                            address,
-                            len(registry),
-                            extra={"event": "connected", "peer": address},
-                        )
-                    if not _OPTIONS_INHERITED:
-                        _tune(sock)
+                if not _OPTIONS_INHERITED:
+                    _tune(sock)
+                if context is not None:
+                    # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
-                    if context is None:
-                        connections.start_soon(serve_connection, self, stream, entry, name=_TASK_NAME)
-                    else:
-                        connections.start_soon(
-                            tls.serve_tls,
-                            stream,
-                            entry,
-                            context,
-                            self.config.tls_handshake_timeout,
-                            partial(serve_connection, self),
-                            self.handshake_failed,
-                        )
+                    connections.start_soon(self._serve_tls, stream, address, context, name=_TASK_NAME)
+                elif (entry := self._admit(address)) is None:
+                    _refuse(sock, self._refusal_line)
+                else:
+                    stream = SocketStream(sock, readiness, send_timeout=send_timeout)
+                    connections.start_soon(serve_connection, self, stream, entry, name=_TASK_NAME)
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
 
+    def _admit(self, address: str) -> ClientEntry | None:
+        """Register a new client, in accept order; None (counted, logged
+        once a second) when the server is full."""
+        registry = self.registry
+        entry = registry.register(address, trio.current_time())
+        if entry is None:
+            self.totals.refused["full"] += 1
+            self._refusals.note(
+                "refused %s: already %d clients (--max-clients)", address, registry.max_clients
+            )
+            return None
+        self.totals.connections += 1
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "connected %s (%d clients)",
+                escape(address),
+                len(registry),
+                extra={"event": "connected", "peer": address},
+            )
+        return entry
+
+    async def _serve_tls(self, stream: SocketStream, address: str, context: ssl.SSLContext) -> None:
+        """Handshake (a pending connection, apart from the clients), then
+        admit and converse as on a plain port.
+
+        Resource handling: ``stream`` is closed here unless the conversation
+        takes it over (serve_connection closes it then), cancelled or not."""
+        tls_stream: tls.TLSStream | None = None
+        handed_over = False
+        try:
+            tls_stream = await self._handshake(stream, address, context)
+            if tls_stream is None:
+                return
+            entry = self._admit(address)
+            if entry is None:
+                with trio.move_on_after(_REFUSAL_WAIT), contextlib.suppress(trio.BrokenResourceError):
+                    await tls_stream.send_all(self._refusal_line)
+                return
+            names = tls.certificate_names(tls_stream.getpeercert())
+            admin = tls.admin_name(names, self.config.tls_admin)
+            # LISTAR shows the first name: the one matched, for an admin.
+            entry.certificate_names = tuple(sorted(names, key=lambda name: name != admin))
+            handed_over = True
+            await serve_connection(self, tls_stream, entry)
+        finally:
+            if not handed_over:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(tls_stream or stream)
+
+    async def _handshake(
+        self, stream: SocketStream, address: str, context: ssl.SSLContext
+    ) -> tls.TLSStream | None:
+        """The TLS stream once its handshake is done; None (counted, logged
+        once a second) when it failed, was dropped or the server stops."""
+        pending = self.handshakes.open(address)
+        failure = None
+        try:
+            with pending.scope:
+                wait_turn = partial(self.handshakes.wait_turn, address)
+                return await tls.handshake(stream, context, self.config.tls_handshake_timeout, wait_turn)
+        except tls.HandshakeFailed as exc:
+            failure = str(exc)
+        finally:
+            self.handshakes.close(pending)
+        if failure is None:  # its scope was cancelled: dropped for a newer one, or shutting down
+            failure = "dropped: too many handshakes at once" if pending.dropped else "server shutting down"
+        self.totals.refused["TLS handshake"] += 1
+        self._handshake_failures.note("%s: TLS handshake failed: %s", escape(address), failure)
+        return None
+
+
+#: How long a client refused after its TLS handshake gets to take the line
+#: that says why.
+_REFUSAL_WAIT = 1.0
 
 #: Every connection task's name, given so trio does not build one string per
 #: task (an idle connection keeps it).

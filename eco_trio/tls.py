@@ -23,7 +23,6 @@ from typing import Any
 
 import trio
 
-from .registry import ClientEntry
 from .socket_stream import receive_interrupter
 
 log = logging.getLogger("eco_trio.server")
@@ -63,14 +62,52 @@ def _trust(context: ssl.SSLContext, ca: str) -> None:
         context.load_verify_locations(cafile=ca)
 
 
+#: The certificate fields --tls-admin may name, as HAProxy and nginx spell
+#: them (subject common name, then the subject alternative name kinds).
+IDENTITY_FIELDS = ("CN", "DNS", "email", "URI", "IP")
+_SAN_FIELDS = {"DNS": "DNS", "email": "email", "URI": "URI", "IP Address": "IP"}
+
+
 def certificate_names(certificate: dict[str, Any] | None) -> list[str]:
-    """A peer certificate's names: its subject's common name, then its
-    subject alternative names (DNS, email, URI, IP), in that order."""
+    """A peer certificate's names as ``FIELD=value``: each subject common
+    name (``CN=``), then each subject alternative name (``DNS=``,
+    ``email=``, ``URI=``, ``IP=``), in that order."""
     if not certificate:
         return []
-    names = [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
-    names += [value for _, value in certificate.get("subjectAltName", ())]
+    names = [
+        f"CN={value}" for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"
+    ]
+    names += [
+        f"{_SAN_FIELDS[kind]}={value}"
+        for kind, value in certificate.get("subjectAltName", ())
+        if kind in _SAN_FIELDS
+    ]
     return list(dict.fromkeys(names))
+
+
+def parse_admin(text: str) -> str:
+    """A ``--tls-admin`` value, ``FIELD=value``, with the field's canonical
+    spelling; ValueError when no known field is named."""
+    field, separator, value = text.partition("=")
+    canonical = {name.lower(): name for name in IDENTITY_FIELDS}.get(field.strip().lower())
+    if not separator or canonical is None or not value:
+        fields = ", ".join(f"{name}=" for name in IDENTITY_FIELDS)
+        raise ValueError(
+            f"--tls-admin takes FIELD=value, naming which certificate field must match ({fields}), "
+            f"e.g. CN=admin or DNS=admin.example; not {text!r}"
+        )
+    return f"{canonical}={value}"
+
+
+def admin_name(names: tuple[str, ...] | list[str], admins: tuple[str, ...]) -> str | None:
+    """The ``--tls-admin`` name a certificate with ``names`` matches, if
+    any.  A certificate with more than one common name matches no ``CN=``
+    admin: which one would count is a matter of parser taste."""
+    common_names = sum(name.startswith("CN=") for name in names)
+    for name in names:
+        if name in admins and (common_names == 1 or not name.startswith("CN=")):
+            return name
+    return None
 
 
 def describe(exc: BaseException) -> str:
@@ -85,36 +122,38 @@ def describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-async def serve_tls(
+class HandshakeFailed(Exception):
+    """A server-side handshake failed; the message says why, in a few words."""
+
+
+#: The most a client may send before its handshake is done: a certificate
+#: chain is a few KiB, and each byte of a huge one costs the server time
+#: to parse, in the event loop.
+MAX_HANDSHAKE_BYTES = 32 * 1024
+
+
+async def handshake(
     stream: trio.abc.Stream,
-    entry: ClientEntry,
     context: ssl.SSLContext,
-    handshake_timeout: float,
-    conversation: Callable[[trio.abc.HalfCloseableStream, ClientEntry], Awaitable[None]],
-    give_up: Callable[[ClientEntry], None],
-) -> None:
-    """Handshake within ``handshake_timeout`` seconds, then run ``conversation`` over
-    TLS.  A failed or late handshake is logged once, at INFO, with its
-    reason; ``give_up`` releases the client's slot, and the connection is
-    closed at once."""
+    seconds: float,
+    wait_turn: Callable[[], Awaitable[None]],
+) -> TLSStream:
+    """The server's side of a handshake over ``stream``, within ``seconds``,
+    as a :class:`TLSStream`.  ``wait_turn`` is awaited once the
+    client has sent its first bytes, before the costly part starts (the
+    rate bound).  Raises :class:`HandshakeFailed` (a late or broken
+    handshake, or one past MAX_HANDSHAKE_BYTES); the caller closes
+    ``stream``."""
     tls_stream = TLSStream(stream, context)
-    failure: str | None = None
-    with trio.move_on_after(handshake_timeout) as deadline:
+    with trio.move_on_after(seconds):
         try:
+            await tls_stream.receive_hello()
+            await wait_turn()
             await tls_stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            failure = describe(exc)
-    if deadline.cancelled_caught:
-        failure = f"no handshake within {handshake_timeout:g} s (--tls-handshake-timeout)"
-    if failure is not None:
-        log.info("%s: TLS handshake failed: %s", entry.address, failure)
-        give_up(entry)
-        with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(stream)
-        return
-    names = certificate_names(tls_stream.getpeercert())
-    entry.certificate_names = tuple(names)
-    await conversation(tls_stream, entry)
+            raise HandshakeFailed(describe(exc)) from exc
+        return tls_stream
+    raise HandshakeFailed(f"no handshake within {seconds:g} s (--tls-handshake-timeout)")
 
 
 class TLSStream(trio.abc.HalfCloseableStream):
@@ -148,9 +187,18 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._ssl = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
         self._eof = False
         self._close_notify_sent = False
+        self._handshake_bytes = 0
+
+    async def receive_hello(self) -> None:
+        """Wait for the client's first bytes (without acting on them)."""
+        if not self._incoming.pending and not self._eof:
+            await self._fill()
 
     async def do_handshake(self) -> None:
         while True:
+            if self._handshake_bytes > MAX_HANDSHAKE_BYTES:
+                await self._send_pending_quietly()
+                raise trio.BrokenResourceError(f"more than {MAX_HANDSHAKE_BYTES // 1024} KiB of handshake")
             try:
                 self._ssl.do_handshake()
             except ssl.SSLWantReadError:
@@ -227,6 +275,7 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _fill(self) -> None:
         data = await self.transport.receive_some(65536)
         if data:
+            self._handshake_bytes += len(data)  # (only looked at during the handshake)
             self._incoming.write(data)
         else:
             self._incoming.write_eof()

@@ -119,7 +119,7 @@ async def test_mutual_tls_refuses_bad_client_certificates(
     good = await open_client("127.0.0.1", port, ssl_context=pki.client("bueno"), server_hostname="localhost")
     async with good.stream:
         listing = await good.request_lines("LISTAR")
-        assert listing == ["CLIENTES 1", listing[1]] and "cert=bueno" in listing[1]
+        assert listing == ["CLIENTES 1", listing[1]] and "cert=DNS=bueno" in listing[1]
 
 
 async def test_a_handshake_that_never_comes_is_closed(
@@ -170,7 +170,7 @@ async def test_a_plain_port_beside_the_tls_one(nursery: trio.Nursery, pki: Pki) 
 
 
 async def test_desconexion_by_certificate(nursery: trio.Nursery, pki: Pki) -> None:
-    port = await tls_server(nursery, pki, tls_ca=pki.ca_file, tls_admin=("operadora",), token="s3creto")
+    port = await tls_server(nursery, pki, tls_ca=pki.ca_file, tls_admin=("DNS=operadora",), token="s3creto")
     other = await open_client(
         "127.0.0.1", port, ssl_context=pki.client("visita"), server_hostname="localhost"
     )
@@ -188,7 +188,7 @@ async def test_desconexion_by_certificate(nursery: trio.Nursery, pki: Pki) -> No
     [
         {"tls_cert": "a.crt"},
         {"tls_ca": "ca.pem"},
-        {"tls_cert": "a.crt", "tls_key": "a.key", "tls_admin": ("x",)},
+        {"tls_cert": "a.crt", "tls_key": "a.key", "tls_admin": ("CN=x",)},
     ],
 )
 def test_tls_options_that_cannot_work_are_refused(options: dict[str, object]) -> None:
