@@ -38,7 +38,7 @@ from .interactive import Link, run_interactive
 from .protocol import DEFAULT_MAX_LINE
 from .readiness import IO_PATHS
 from .registry import format_address
-from .server import REMOTE_IDLE_TIMEOUT, Server, ServerConfig
+from .server import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig
 from .terminal import input_chunks, open_prompt, print_line, write_lines
 
 log = logging.getLogger("eco_trio.server")
@@ -156,11 +156,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="connections served at once; more are turned away (default: %(default)s)",
     )
     server.add_argument(
+        "--max-clients-per-ip",
+        type=_not_negative_int,
+        default=None,
+        metavar="N",
+        help="connections served at once from one address (IPv6: one /64); 0: no limit (default: none "
+        f"on loopback, {REMOTE_MAX_CLIENTS_PER_IP} when listening beyond it)",
+    )
+    server.add_argument(
         "--idle-timeout",
         type=_not_negative,
         default=None,
         metavar="SECONDS",
-        help="close a connection after this long without a complete line; 0: never (default: never "
+        help="close a connection after this long without a complete line (ended by a newline; a message "
+        "answered after --pause does not count); 0: never (default: never "
         f"on loopback, {REMOTE_IDLE_TIMEOUT:g} s when listening beyond it)",
     )
     server.add_argument(
@@ -424,6 +433,7 @@ def run_server(args: argparse.Namespace) -> int:
             pause=args.pause,
             max_line=args.max_line,
             max_clients=args.max_clients,
+            max_clients_per_ip=args.max_clients_per_ip,
             idle_timeout=args.idle_timeout,
             send_timeout=args.send_timeout,
             token=token,

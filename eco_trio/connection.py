@@ -168,17 +168,17 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
                     del data, reply
                     continue
                 events = parser.receive_data(data)
-                if events:
+                if data and lines:  # the idle timeout counts complete lines only
                     entry.last_line_at = current_time()
-                    if (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
+                if events and (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
+                    return end
+                if parser.has_backlog:
+                    # The parser holds what is left to answer: drop our
+                    # references to the read and the first turn's replies
+                    # while a client that does not read keeps us waiting.
+                    data, events = b"", []
+                    if (end := await _work_off(server, stream, entry, parser)) is not None:
                         return end
-                    if parser.has_backlog:
-                        # The parser holds what is left to answer: drop our
-                        # references to the read and the first turn's replies
-                        # while a client that does not read keeps us waiting.
-                        data, events = b"", []
-                        if (end := await _work_off(server, stream, entry, parser)) is not None:
-                            return end
                 # While it waits for the next read, an idle connection must
                 # not keep its last batch (the read, the reply) alive.
                 del data, events
@@ -208,8 +208,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
         # A fragment kept back (it ends in a cut UTF-8 character) gets one
         # more pause.
         last_data = current_time()
-        if events:  # the fragment, answered as a line
-            entry.last_line_at = last_data
+        if events:  # the fragment, answered as a line (not a complete one: no idle credit)
             entry.lines_in += 1
             if (end := await _answer(server, stream, entry, events, eof=False)) is not None:
                 return end

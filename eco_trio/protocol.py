@@ -245,6 +245,10 @@ def _take_fragment(buffer: bytearray, *, final: bool) -> bytes:
 #: each LISTAR or DESCONEXION, whose cost depends on the server's state.
 TURN_OUTPUT: Final = 64 * 1024
 TURN_LINES: Final = 1024
+#: A telnet client's input filtered per turn, when it holds commands: at
+#: most 2,048 two-byte commands, under a millisecond of work.
+TELNET_TURN_INPUT: Final = 4096
+IAC_BYTE: Final = 0xFF
 
 
 class ServerProtocol:
@@ -274,6 +278,8 @@ class ServerProtocol:
         "_max_line",
         "_position",
         "_telnet",
+        "_telnet_input",
+        "_telnet_position",
         "last_command",
     )
 
@@ -294,6 +300,9 @@ class ServerProtocol:
         self._position = 0
         # Set at the first byte 255 (telnet's IAC), which UTF-8 never has.
         self._telnet: TelnetFilter | None = None
+        # A telnet client's read not filtered yet (see _telnet_turn).
+        self._telnet_input: bytes | bytearray = b""
+        self._telnet_position = 0
         #: Counts each command recognised, by name (for ESTADO), if given.
         self._commands = commands
         self._close_reason = "end of input"
@@ -307,8 +316,8 @@ class ServerProtocol:
 
     @property
     def has_backlog(self) -> bool:
-        """Whether complete lines wait for :meth:`next_events`."""
-        return self._position < len(self._backlog)
+        """Whether complete lines, or telnet input, wait for :meth:`next_events`."""
+        return self._position < len(self._backlog) or self._telnet_position < len(self._telnet_input)
 
     def receive_data(self, data: bytes | bytearray) -> list[Event]:
         """Take bytes from the client (``b""``: end of input).  Call only when
@@ -391,15 +400,37 @@ class ServerProtocol:
         if not data:  # end of input: a CR held back is the last of the text
             held = self._telnet.flush()
             return (self._receive(held) if held else []) + self._receive(b"")
-        text, answer = self._telnet.feed(data)
+        self._telnet_input, self._telnet_position = data, 0
+        return self._telnet_turn()
+
+    def _telnet_turn(self) -> list[Event]:
+        """Filter the next part of a telnet client's read.  Commands are
+        looked at byte by byte, so a read full of them (a stream of ``IAC
+        NOP``) is worked off in parts of TELNET_TURN_INPUT bytes, a turn
+        each, as lines are; their answers are bounded by that part's size."""
+        assert self._telnet is not None
+        data, start = self._telnet_input, self._telnet_position
+        end = len(data)
+        if end - start > TELNET_TURN_INPUT and data.find(IAC_BYTE, start) >= 0:
+            end = start + TELNET_TURN_INPUT
+        if end >= len(data):
+            self._telnet_input, self._telnet_position = b"", 0
+        else:
+            self._telnet_position = end
+        text, answer = self._telnet.feed(data[start:end] if start or end < len(data) else data)
         events: list[Event] = [Reply(answer)] if answer else []
         if text:  # b"" would mean end of input
             events += self._receive(text)
         return events
 
     def next_events(self) -> list[Event]:
-        """The next turn's worth of events from the backlog."""
-        return self._turn() if self.has_backlog else []
+        """The next turn's worth of events from the backlog: lines first,
+        then the telnet input they came out of."""
+        if self._position < len(self._backlog):
+            return self._turn()
+        if self._telnet_position < len(self._telnet_input):
+            return self._telnet_turn()
+        return []
 
     def flush_fragment(self) -> list[Event]:
         """The client paused mid-line: answer what is buffered as a line.

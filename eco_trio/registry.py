@@ -19,6 +19,7 @@ before it reads again, so no reply is cut in half.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -38,6 +39,19 @@ def format_address(address: object) -> str:
     return str(address)
 
 
+def source_of(address: str) -> str:
+    """Where a client comes from, for per-source limits: its IP address, or
+    for IPv6 its /64 (one host is usually given a whole /64)."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return host
+
+
 @dataclass(eq=False, slots=True)
 class ClientEntry:
     address: str
@@ -48,6 +62,9 @@ class ClientEntry:
     #: The connection is ending; notices are no longer sent to it.
     closing: bool = False
     interrupted: bool = False
+    #: The client's source (its address without the port, an IPv6 one to
+    #: its /64) while a per-source limit is in force; None otherwise.
+    source: str | None = None
     #: The names in the client's TLS certificate (mutual TLS), if any.
     certificate_names: tuple[str, ...] = ()
     # What this client has sent and been sent (LISTAR, ESTADO, the log).
@@ -112,25 +129,47 @@ class ClientEntry:
 
 
 class Registry:
-    """The connected clients, at most ``max_clients`` of them."""
+    """The connected clients, at most ``max_clients`` of them, and at most
+    ``max_per_source`` from one source (None: no such limit)."""
 
-    __slots__ = ("_clients", "max_clients")
+    __slots__ = ("_clients", "_sources", "max_clients", "max_per_source")
 
-    def __init__(self, max_clients: int) -> None:
+    def __init__(self, max_clients: int, max_per_source: int | None = None) -> None:
         self._clients: dict[ClientEntry, None] = {}  # a dict keeps arrival order
+        self._sources: dict[str, int] = {}
         self.max_clients = max_clients
+        self.max_per_source = max_per_source
+
+    def refusal(self, address: str) -> str | None:
+        """Why a client from ``address`` cannot be admitted now ("full",
+        "per source"), or None."""
+        if len(self._clients) >= self.max_clients:
+            return "full"
+        if (
+            self.max_per_source is not None
+            and self._sources.get(source_of(address), 0) >= self.max_per_source
+        ):
+            return "per source"
+        return None
 
     def register(self, address: str, now: float) -> ClientEntry | None:
-        """A new entry, or None when the server is full."""
-        if len(self._clients) >= self.max_clients:
+        """A new entry, or None when :meth:`refusal` has a reason."""
+        if self.refusal(address) is not None:
             return None
         entry = ClientEntry(address, now, last_line_at=now)
+        if self.max_per_source is not None:
+            entry.source = source = source_of(address)
+            self._sources[source] = self._sources.get(source, 0) + 1
         self._clients[entry] = None
         return entry
 
     def unregister(self, entry: ClientEntry) -> None:
         if self._clients.pop(entry, entry) is None:
             entry.close_outbox()
+            if entry.source is not None:
+                left = self._sources.pop(entry.source) - 1
+                if left:
+                    self._sources[entry.source] = left
 
     def __len__(self) -> int:
         return len(self._clients)

@@ -56,11 +56,15 @@ _CONNECTION_ACCEPT_ERRORS = {
 #: serve_listeners does: the server must neither stop nor spin.
 _ACCEPT_BACKOFF = 0.1
 #: The causes ESTADO always shows a refusal count for (0 when none).
-_REFUSALS = ("full", "HTTP", "TLS on the plain port", "TLS handshake")
+_REFUSALS = ("full", "per source", "HTTP", "TLS on the plain port", "TLS handshake")
 #: Idle timeout when listening beyond loopback and none was chosen: a slot
 #: held by a silent client is freed after this long (nginx closes a silent
 #: client after 60 s; an interactive line session deserves longer).
 REMOTE_IDLE_TIMEOUT = 300.0
+#: Clients from one address when listening beyond loopback and no limit was
+#: chosen (nginx's limit_conn, set by default): one address cannot take all
+#: of --max-clients.
+REMOTE_MAX_CLIENTS_PER_IP = 64
 _ACCEPT_BATCH = 64
 _KEEPALIVE_IDLE = 60
 _KEEPALIVE_INTERVAL = 15
@@ -79,6 +83,9 @@ class ServerConfig:
     pause: float = 0.1
     max_line: int = protocol.DEFAULT_MAX_LINE
     max_clients: int = 1000
+    #: Clients at once from one address (an IPv6 one: its /64).  None: none
+    #: on loopback, REMOTE_MAX_CLIENTS_PER_IP when listening beyond it; 0: no limit.
+    max_clients_per_ip: int | None = None
     #: Close a connection after this long without a complete line.  0: never;
     #: None: never on loopback, REMOTE_IDLE_TIMEOUT when listening beyond it.
     idle_timeout: float | None = None
@@ -125,6 +132,10 @@ class ServerConfig:
             raise ValueError("the token must be one word: not empty, no spaces or line breaks")
         if self.token is not None and 0xFF in self.token:
             raise ValueError("the token cannot contain byte 255, which telnet clients send as a command")
+        if self.max_clients_per_ip is not None and self.max_clients_per_ip < 0:
+            raise ValueError(
+                f"max_clients_per_ip must be 0 (no limit) or more, not {self.max_clients_per_ip}"
+            )
         if self.max_line < 1 or self.max_clients < 1:
             raise ValueError("max_line and max_clients must be at least 1")
         if not 0 <= self.port <= 65535:
@@ -258,6 +269,7 @@ class Server:
             "rss_bytes": current if current is not None else "-",
             "peak_rss_bytes": peak if peak is not None else "-",
             "max_clients": config.max_clients,
+            "max_clients_per_ip": self.registry.max_per_source or "off",
             "max_line": config.max_line,
             "idle_timeout_s": self.idle_timeout if self.idle_timeout is not None else "off",
             "send_timeout_s": config.send_timeout,
@@ -315,6 +327,7 @@ class Server:
             listeners += [(sock, None) for sock in plain]
         addresses = [format_address(sock.getsockname()) for sock, _ in listeners]
         self.idle_timeout = idle_timeout_in_force(config, addresses)
+        self.registry.max_per_source = clients_per_ip_in_force(config, addresses)
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning)
         self.io_path = io_path(config.io)
@@ -445,8 +458,8 @@ class Server:
                     # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(self._serve_tls, stream, address, context, name=_TASK_NAME)
-                elif (entry := self._admit(address)) is None:
-                    _refuse(sock, self._refusal_line)
+                elif isinstance(entry := self._admit(address), bytes):
+                    _refuse(sock, entry)
                 else:
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(serve_connection, self, stream, entry, name=_TASK_NAME)
@@ -454,17 +467,29 @@ class Server:
                 if accepted % _ACCEPT_BATCH == 0:
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
 
-    def _admit(self, address: str) -> ClientEntry | None:
-        """Register a new client, in accept order; None (counted, logged
-        once a second) when the server is full."""
+    def _admit(self, address: str) -> ClientEntry | bytes:
+        """Register a new client, in accept order; or the line that refuses
+        it (counted, logged once a second) when the server is full, or full
+        for its source."""
         registry = self.registry
         entry = registry.register(address, trio.current_time())
         if entry is None:
+            if registry.refusal(address) == "per source":
+                self.totals.refused["per source"] += 1
+                self._refusals.note(
+                    "refused %s: already %d clients from its address (--max-clients-per-ip)",
+                    address,
+                    registry.max_per_source,
+                )
+                return protocol.encode_line(
+                    f"ERROR demasiadas conexiones desde tu dirección (máximo {registry.max_per_source}); "
+                    "inténtalo más tarde."
+                )
             self.totals.refused["full"] += 1
             self._refusals.note(
                 "refused %s: already %d clients (--max-clients)", address, registry.max_clients
             )
-            return None
+            return self._refusal_line
         self.totals.connections += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
@@ -488,9 +513,9 @@ class Server:
             if tls_stream is None:
                 return
             entry = self._admit(address)
-            if entry is None:
+            if isinstance(entry, bytes):
                 with trio.move_on_after(_REFUSAL_WAIT), contextlib.suppress(trio.BrokenResourceError):
-                    await tls_stream.send_all(self._refusal_line)
+                    await tls_stream.send_all(entry)
                 return
             names = tls.certificate_names(tls_stream.getpeercert())
             admin = tls.admin_name(names, self.config.tls_admin)
@@ -664,6 +689,16 @@ def idle_timeout_in_force(config: ServerConfig, addresses: list[str]) -> float |
         on_loopback = all(_is_loopback(address) for address in addresses)
         return None if on_loopback else REMOTE_IDLE_TIMEOUT
     return config.idle_timeout or None
+
+
+def clients_per_ip_in_force(config: ServerConfig, addresses: list[str]) -> int | None:
+    """The per-address client limit for a server bound to ``addresses``
+    (None: no limit)."""
+    if config.max_clients_per_ip is None:
+        if all(_is_loopback(address) for address in addresses):
+            return None
+        return min(REMOTE_MAX_CLIENTS_PER_IP, config.max_clients)
+    return config.max_clients_per_ip or None
 
 
 def exposure_warning(addresses: list[str], config: ServerConfig) -> str | None:

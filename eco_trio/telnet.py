@@ -55,6 +55,7 @@ class TelnetFilter:
             self._held_cr = False
             text += b"\r"
         state, position, end = self._state, 0, len(data)
+        answered_ayt = False
         while position < end:
             if state == _DATA:
                 iac = data.find(IAC, position)
@@ -75,8 +76,11 @@ class TelnetFilter:
                 elif byte == SB:
                     state = _SUBNEGOTIATION
                 else:
-                    if byte == AYT:
+                    if byte == AYT and not answered_ayt:
+                        # One answer per part of input: a stream of AYT
+                        # must not make us send 12 bytes for each 2.
                         answer += AYT_REPLY
+                        answered_ayt = True
                     state = _DATA  # IP, BRK, NOP, GA, ...: nothing to show
             elif state == _OPTION:
                 answer += _refusal(self._verb, byte)
