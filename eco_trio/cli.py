@@ -476,11 +476,8 @@ def run_server(args: argparse.Namespace) -> int:
             return EXIT_INTERRUPTED  # Ctrl-C before the signal handling was set up: nothing to tell
         if error is None:
             raise
-        print(
-            f"{args.prog} servidor: cannot listen on {format_address((args.host, args.port))}: "
-            f"{_reason(error)}",
-            file=sys.stderr,
-        )
+        address = error.filename or format_address((args.host, args.port))
+        print(f"{args.prog} servidor: cannot listen on {address}: {_reason(error)}", file=sys.stderr)
         return EXIT_FAILURE
     finally:
         logs.stop()  # what is queued goes out, unless stderr is stuck

@@ -64,8 +64,8 @@ class RateBound:
 
 
 class Pending:
-    """One connection in its handshake; ``scope`` is cancelled when it is
-    dropped to make room, or at shutdown."""
+    """One connection in a :class:`PendingPool`; ``scope`` is cancelled when
+    it is dropped to make room, or when the pool closes."""
 
     __slots__ = ("address", "dropped", "scope")
 
@@ -75,25 +75,14 @@ class Pending:
         self.dropped = False
 
 
-class Handshakes:
-    """The pending handshakes of one server, all ports together."""
+class PendingPool:
+    """At most ``limit`` connections that have yet to prove themselves;
+    a newcomer past the limit drops the oldest."""
 
-    def __init__(
-        self,
-        limit: int = DEFAULT_LIMIT,
-        rate: float = DEFAULT_RATE,
-        rate_per_source: float = DEFAULT_RATE_PER_SOURCE,
-        *,
-        clock: Callable[[], float] = trio.current_time,
-    ) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self._pending: OrderedDict[Pending, None] = OrderedDict()
-        self._rate = RateBound(rate)
-        self._rate_per_source = rate_per_source
-        self._sources: dict[str, RateBound] = {}
-        self._clock = clock
-        self._swept_at = -math.inf
-        #: Handshakes dropped to make room for newer ones.
+        #: Connections dropped to make room for newer ones.
         self.dropped = 0
         self._closed = False
 
@@ -101,7 +90,8 @@ class Handshakes:
         return len(self._pending)
 
     def open(self, address: str) -> Pending:
-        """A new pending handshake; the oldest is dropped if there is no room."""
+        """A new member; the oldest is dropped if there is no room (and the
+        newcomer itself, at once, once the pool is closed)."""
         pending = Pending(address)
         if self._closed:
             pending.scope.cancel()
@@ -118,11 +108,31 @@ class Handshakes:
         self._pending.pop(pending, None)
 
     def cancel_all(self) -> None:
-        """Shutdown: every pending handshake ends now, and new ones at once."""
+        """Every member ends now, and newcomers at once."""
         self._closed = True
         for pending in self._pending:
             pending.scope.cancel()
         self._pending.clear()
+
+
+class Handshakes(PendingPool):
+    """The pending handshakes of one server, all ports together, and the
+    rates at which they may start."""
+
+    def __init__(
+        self,
+        limit: int = DEFAULT_LIMIT,
+        rate: float = DEFAULT_RATE,
+        rate_per_source: float = DEFAULT_RATE_PER_SOURCE,
+        *,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        super().__init__(limit)
+        self._rate = RateBound(rate)
+        self._rate_per_source = rate_per_source
+        self._sources: dict[str, RateBound] = {}
+        self._clock = clock
+        self._swept_at = -math.inf
 
     async def wait_turn(self, address: str) -> None:
         """Wait until a handshake from ``address`` may start (the rates)."""

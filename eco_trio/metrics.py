@@ -1,29 +1,51 @@
-"""``--metrics``: the server's counters for Prometheus, with prometheus_client.
+"""``--metrics``: the server's counters for Prometheus, served from trio.
 
-The scrape is served by prometheus_client's own HTTP server in a thread of
-its own, so it never blocks trio; what it serves is read from the server's
-counters at scrape time (a custom collector), so the hot path pays nothing
-for it.  Reading them from another thread is safe: they are plain integers
-and dicts, copied whole under the GIL.
+The text is prometheus_client's (a custom collector reads the server's
+counters at scrape time, so the hot path pays nothing for it); the HTTP
+around it is ours, in the server's own event loop, as nginx's and HAProxy's
+stats pages are in theirs.  prometheus_client's own server took a thread
+per connection, with no timeout and no cap: a thousand idle connections
+were a thousand threads.  Here a scrape connection is:
+
+- one of at most MAX_CONNECTIONS at once; past that the oldest is dropped
+  (a scraper finishes in milliseconds, so the oldest is the idle one);
+- given REQUEST_TIMEOUT seconds to send its request and take the answer,
+  and at most MAX_REQUEST bytes of request;
+- answered, then closed (``Connection: close``): no keep-alive to hold.
+
+Problems are logged one line each, at most once a second with a count,
+and never with a traceback.  The text is built at most every CACHE_SECONDS,
+so a storm of scrapes costs a few formats a second, not one each.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import re
+import socket
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Final
 
-from prometheus_client import start_http_server
+import trio
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__, logs
+from .handshakes import PendingPool
 from .stats import memory
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from .server import Server
+
+log = logging.getLogger("eco_trio.server")
+
+MAX_CONNECTIONS: Final = 16
+REQUEST_TIMEOUT: Final = 5.0
+MAX_REQUEST: Final = 8 * 1024
+CACHE_SECONDS: Final = 0.1
 
 
 class ServerCollector(Collector):
@@ -88,10 +110,122 @@ def parse_address(text: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1"), number
 
 
-def start(server: Server, host: str, port: int) -> WSGIServer:
-    """Serve the metrics in a thread of prometheus_client's; returns its
-    HTTP server, to be shut down with the eco_trio server."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(server))
-    httpd, _ = start_http_server(port, addr=host, registry=registry)
-    return httpd
+# --- the HTTP, sans-IO ---------------------------------------------------------
+
+_REQUEST_LINE: Final = re.compile(rb"([A-Z]+) (\S+) HTTP/1\.[01]\r?\n")
+
+
+def request_complete(data: bytes | bytearray) -> bool:
+    return b"\r\n\r\n" in data or b"\n\n" in data
+
+
+def response(request: bytes | bytearray, body: Callable[[], bytes]) -> bytes:
+    """The whole HTTP/1.1 response to a request head (``Connection:
+    close``): the metrics for ``GET`` or ``HEAD`` of any path (as
+    prometheus_client serves them), 405 for another method, 400 for what is
+    not HTTP/1.x."""
+    match = _REQUEST_LINE.match(request)
+    if match is None:
+        return _message(400, "Bad Request", b"bad request\n")
+    method = match[1]
+    if method not in (b"GET", b"HEAD"):
+        return _message(405, "Method Not Allowed", b"GET /metrics\n", extra="Allow: GET, HEAD\r\n")
+    content = body()
+    head = _head(200, "OK", CONTENT_TYPE_LATEST, len(content))
+    return head if method == b"HEAD" else head + content
+
+
+def _message(status: int, reason: str, content: bytes, extra: str = "") -> bytes:
+    return _head(status, reason, "text/plain; charset=utf-8", len(content), extra) + content
+
+
+def _head(status: int, reason: str, content_type: str, length: int, extra: str = "") -> bytes:
+    return (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n{extra}\r\n"
+    ).encode("ascii")
+
+
+# --- serving it ------------------------------------------------------------------
+
+
+class MetricsEndpoint:
+    """``/metrics`` on one listening socket, in the server's trio run."""
+
+    def __init__(self, server: Server, listener: socket.socket) -> None:
+        self.listener = listener
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._registry.register(ServerCollector(server))
+        self._connections = PendingPool(MAX_CONNECTIONS)
+        self._text = b""
+        self._built_at = -math.inf
+        self._problems = server.throttled_log(logging.WARNING)
+
+    def body(self) -> bytes:
+        now = time.monotonic()
+        if now - self._built_at >= CACHE_SECONDS:
+            self._text, self._built_at = generate_latest(self._registry), now
+        return self._text
+
+    async def serve(self) -> None:
+        """Accept and answer scrapes until cancelled."""
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(self.listener))
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:  # out of descriptors, say: wait, do not spin
+                    self._problems.note("metrics: accept failed: %s", exc.strerror or exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._answer, stream)
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        peer = _peer(stream)
+        slot = self._connections.open(peer)
+        try:
+            with slot.scope, trio.move_on_after(REQUEST_TIMEOUT) as deadline:
+                request = await self._read_request(stream)
+                if request is None:
+                    self._problems.note("metrics: %s sent more than %d bytes of request", peer, MAX_REQUEST)
+                    return
+                await stream.send_all(response(request, self.body))
+            if deadline.cancelled_caught:
+                self._problems.note("metrics: %s took over %g s; closed", peer, REQUEST_TIMEOUT)
+            elif slot.dropped:
+                self._problems.note("metrics: %s dropped: %d connections at once", peer, MAX_CONNECTIONS)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._problems.note("metrics: %s: %s", peer, _reason(exc))
+        finally:
+            self._connections.close(slot)
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    @staticmethod
+    async def _read_request(stream: trio.SocketStream) -> bytes | None:
+        """The request head, or None past MAX_REQUEST; what the client sent
+        before closing, if it closed early."""
+        data = bytearray()
+        while not request_complete(data):
+            if len(data) > MAX_REQUEST:
+                return None
+            chunk = await stream.receive_some(MAX_REQUEST)
+            if not chunk:
+                break
+            data += chunk
+        return bytes(data)
+
+
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        host, port = stream.socket.getpeername()[:2]
+    except OSError:
+        return "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _reason(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import trio
 
@@ -36,6 +36,9 @@ from .registry import ClientEntry, Registry, format_address
 from .socket_stream import SocketStream
 from .stats import Totals, memory, slug
 from .visible import escape
+
+if TYPE_CHECKING:
+    from .metrics import MetricsEndpoint
 
 log = logging.getLogger("eco_trio.server")
 
@@ -182,11 +185,12 @@ class Server:
         self._refusal_line = protocol.encode_line(
             f"ERROR demasiados clientes (máximo {self.config.max_clients}); inténtalo más tarde."
         )
-        self._refusals = _Throttled(logging.WARNING)
-        self._skipped_accepts = _Throttled(logging.WARNING)
-        self._failed_accepts = _Throttled(logging.ERROR)
+        self._throttles: list[_Throttled] = []
+        self._refusals = self.throttled_log(logging.WARNING)
+        self._skipped_accepts = self.throttled_log(logging.WARNING)
+        self._failed_accepts = self.throttled_log(logging.ERROR)
         # At INFO, once a second at most: a handshake flood must not flood the log.
-        self._handshake_failures = _Throttled(logging.INFO)
+        self._handshake_failures = self.throttled_log(logging.INFO)
         self.handshakes = Handshakes(
             self.config.max_handshakes, self.config.handshake_rate, self.config.handshake_rate_per_ip
         )
@@ -195,6 +199,13 @@ class Server:
         self._clock: Callable[[], float] | None = None
         #: Where the metrics are served (``ip:port``), once serve() runs.
         self.metrics_address: str | None = None
+
+    def throttled_log(self, level: int) -> _Throttled:
+        """A log line for something that can happen thousands of times a
+        second: at most one a second, with a count; flushed at shutdown."""
+        throttled = _Throttled(level)
+        self._throttles.append(throttled)
+        return throttled
 
     def clock(self) -> Callable[[], float]:
         """The run's clock (``trio.current_time`` without its lookups): one
@@ -342,32 +353,35 @@ class Server:
             f"{self.idle_timeout:g} s" if self.idle_timeout is not None else "off",
             config.send_timeout,
         )
-        metrics_server = None
+        endpoint = None
         if config.metrics is not None:
-            from . import metrics
+            from .metrics import MetricsEndpoint, parse_address
 
-            host, port = metrics.parse_address(config.metrics)
+            host, port = parse_address(config.metrics)
             try:
-                metrics_server = metrics.start(self, host, port)
+                # One socket: a scraper asks one address.
+                metrics_socket, *others = await open_listeners(host, port, config.backlog)
+                for other in others:
+                    other.close()
             except BaseException:
                 for sock, _ in listeners:
                     sock.close()
                 raise
-            self.metrics_address = format_address(metrics_server.server_address)
+            endpoint = MetricsEndpoint(self, metrics_socket)
+            self.metrics_address = format_address(metrics_socket.getsockname())
             log.info("metrics on http://%s/metrics", self.metrics_address)
         try:
-            await self._serve(listeners, addresses, task_status)
+            await self._serve(listeners, addresses, task_status, endpoint)
         finally:
-            if metrics_server is not None:
-                # Its own thread: shutdown() waits for it, briefly.
-                await trio.to_thread.run_sync(metrics_server.shutdown)
-                metrics_server.server_close()
+            if endpoint is not None:
+                endpoint.listener.close()
 
     async def _serve(
         self,
         listeners: list[tuple[socket.socket, ssl.SSLContext | None]],
         addresses: list[str],
         task_status: trio.TaskStatus[list[str]],
+        endpoint: MetricsEndpoint | None = None,
     ) -> None:
         config = self.config
         # The I/O path outlives every connection; the cancel scope is the shared one.
@@ -383,6 +397,8 @@ class Server:
                             kind = "TLS" if sock_context is not None else "plain text"
                             log.info("listening on %s (%s)", address, kind)
                         acceptors.start_soon(self._flush_counts_every_second)
+                        if endpoint is not None:
+                            acceptors.start_soon(endpoint.serve)
                         task_status.started(addresses)
                         await self._shutdown.wait()
                         acceptors.cancel_scope.cancel()
@@ -402,12 +418,7 @@ class Server:
 
     def flush_counts(self) -> None:
         """Log what the once-a-second log lines have not said yet."""
-        for throttled in (
-            self._refusals,
-            self._skipped_accepts,
-            self._failed_accepts,
-            self._handshake_failures,
-        ):
+        for throttled in self._throttles:
             throttled.flush()
 
     async def _flush_counts_every_second(self) -> None:
@@ -672,7 +683,8 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
                 if port == 0 and exc.errno == errno.EADDRINUSE:
                     sock.bind((sockaddr[0], 0, *sockaddr[2:]))
                 else:
-                    raise OSError(exc.errno, f"{format_address(sockaddr)}: {exc.strerror}") from None
+                    # The address goes in filename: the caller names the one that failed.
+                    raise OSError(exc.errno, exc.strerror, format_address(sockaddr)) from None
             _tune(sock)
             sock.listen(backlog)
             sock.setblocking(False)
