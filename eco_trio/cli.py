@@ -40,6 +40,7 @@ from .readiness import IO_PATHS
 from .registry import format_address
 from .server import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig
 from .terminal import input_chunks, open_prompt, print_line, write_lines
+from .visible import escape
 
 log = logging.getLogger("eco_trio.server")
 _E = TypeVar("_E", bound=BaseException)
@@ -179,11 +180,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close a connection that takes none of our replies for this long (default: %(default)s)",
     )
-    server.add_argument(
+    secret = server.add_mutually_exclusive_group()
+    secret.add_argument(
         "--token",
-        default=os.environ.get("ECO_TRIO_TOKEN"),
-        help="require 'DESCONEXION TOKEN' to shut down; one word, any bytes (default: $ECO_TRIO_TOKEN; "
-        "unset: DESCONEXION only from loopback)",
+        default=None,
+        help="require the token (AUTENTICAR TOKEN, or 'DESCONEXION TOKEN') to shut down, for ESTADO, and "
+        "for LISTAR beyond loopback; one word, any bytes. It shows in ps: prefer --token-file or "
+        "$ECO_TRIO_TOKEN (default: $ECO_TRIO_TOKEN; unset: DESCONEXION only from loopback)",
+    )
+    secret.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the token from FILE (its first line), which keeps it out of ps",
     )
     server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
     server.add_argument(
@@ -307,6 +315,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "to close (default: %(default)s)",
     )
     client.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="prove the server's token when connecting (AUTENTICAR), read from FILE's first line "
+        "(default: $ECO_TRIO_TOKEN, if set)",
+    )
+    client.add_argument(
+        "--raw",
+        action="store_true",
+        help="show what the server sends exactly, control characters included, even on a terminal "
+        "(default: escaped as \\x1b on a terminal, exact into a pipe or file)",
+    )
+    client.add_argument(
         "messages",
         nargs="*",
         metavar="MENSAJE",
@@ -424,7 +444,11 @@ def _add_bench_parser(commands: argparse._SubParsersAction[_Parser]) -> None:
 def run_server(args: argparse.Namespace) -> int:
     # argv and the environment are bytes on POSIX: fsencode gives back the
     # token exactly as typed, even if it is not UTF-8.
-    token = None if args.token is None else os.fsencode(args.token)
+    try:
+        token = _token(args)
+    except OSError as exc:
+        print(f"{args.prog} servidor: error: cannot read the token file: {_reason(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = ServerConfig(
             host=args.host,
@@ -525,11 +549,32 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
 EXIT_BROKEN_PIPE = 141
 
 
+def _token(args: argparse.Namespace) -> bytes | None:
+    """The token from --token, --token-file or $ECO_TRIO_TOKEN, as bytes
+    (argv, the environment and files are bytes on POSIX: the token comes
+    back exactly as written, UTF-8 or not)."""
+    if getattr(args, "token_file", None):
+        with open(args.token_file, "rb") as file:
+            first = file.readline()
+        return first.rstrip(b"\r\n")
+    if getattr(args, "token", None) is not None:
+        return os.fsencode(args.token)
+    value = os.environb.get(b"ECO_TRIO_TOKEN") if os.supports_bytes_environ else None
+    if value is None and (text := os.environ.get("ECO_TRIO_TOKEN")) is not None:
+        value = text.encode()
+    return value
+
+
 def run_client(args: argparse.Namespace) -> int:
     try:
         args.ssl_context = _client_tls(args)
     except (OSError, ValueError) as exc:
         _say(args, f"error: cannot load the TLS files: {getattr(exc, 'strerror', None) or exc}")
+        return EXIT_USAGE
+    try:
+        args.token = _token(args)
+    except OSError as exc:
+        _say(args, f"error: cannot read the token file: {_reason(exc)}")
         return EXIT_USAGE
     try:
         return trio.run(_talk, args)
@@ -547,7 +592,8 @@ def run_client(args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
-    print(f"{args.prog} cliente: {message}", file=sys.stderr)
+    """One line on stderr; what the server said in it is escaped."""
+    print(f"{args.prog} cliente: {escape(message)}", file=sys.stderr)
 
 
 def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
@@ -566,6 +612,7 @@ async def _open(args: argparse.Namespace) -> Client | str:
             connect_timeout=args.connect_timeout,
             ssl_context=args.ssl_context,
             server_hostname=args.tls_server_name,
+            token=args.token,
         )
     except HandshakeFailed as exc:
         return f"TLS with {address} failed: {exc}"
@@ -601,7 +648,7 @@ async def _talk(args: argparse.Namespace) -> int:
     async with client.stream:
         if args.messages:
             return await _send_messages(args, client, address)
-        write = write_lines(sys.stdout)
+        write = write_lines(sys.stdout, raw=args.raw)
         write([client.greeting or ""])
         try:
             end = await run_piped(
@@ -618,7 +665,7 @@ async def _talk(args: argparse.Namespace) -> int:
 
 
 async def _send_messages(args: argparse.Namespace, client: Client, address: str) -> int:
-    show = print_line(sys.stdout)
+    show = print_line(sys.stdout, raw=args.raw)
     try:
         unsent = await run_messages(client, args.messages, show, reply_timeout=args.timeout)
     except (ConnectionClosed, trio.BrokenResourceError):
@@ -635,7 +682,7 @@ async def _send_messages(args: argparse.Namespace, client: Client, address: str)
 
 async def _talk_interactively(args: argparse.Namespace) -> int:
     link = Link()
-    prompt = open_prompt(link.prompt, sys.stdout, lambda message: _say(args, message))
+    prompt = open_prompt(link.prompt, sys.stdout, lambda message: _say(args, message), raw=args.raw)
     try:
         await run_interactive(lambda: _open(args), prompt.read, prompt.show, link, close_wait=args.close_wait)
     finally:

@@ -204,10 +204,14 @@ async def open_client(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    token: bytes | None = None,
 ) -> Client:
     """Connect (over TLS with ``ssl_context``, checking the certificate
     against ``server_hostname``, by default ``host``) and read the greeting,
-    within ``connect_timeout`` seconds.
+    within ``connect_timeout`` seconds.  With ``token``, the session proves
+    it first (``AUTENTICAR``, as redis-cli does with ``-a``/``REDISCLI_AUTH``),
+    so LISTAR, ESTADO and DESCONEXION need no token on their lines; a
+    server without a token is talked to all the same.
     Raises OSError when the server cannot be reached, trio.TooSlowError on
     timeout, :class:`ServerRefused` when it greets with an ERROR line, and
     :class:`ConnectionClosed` when it closes without a word."""
@@ -235,7 +239,26 @@ async def open_client(
             raise ConnectionClosed("the server closed the connection without a greeting")
         raise ServerRefused(greeting)
     client.greeting = greeting
+    if token is not None:
+        await _authenticate(client, token, connect_timeout)
     return client
+
+
+#: What a server without a token answers AUTENTICAR: nothing to prove.
+_NO_TOKEN_NEEDED = "ERROR este servidor no tiene token"
+
+
+async def _authenticate(client: Client, token: bytes, within: float) -> None:
+    try:
+        with trio.fail_after(within):
+            await client.stream.send_all(b"AUTENTICAR " + token + b"\n")
+            reply = await client.receive_line()
+    except BaseException:
+        await trio.aclose_forcefully(client.stream)
+        raise
+    if reply is None or (reply.startswith("ERROR") and not reply.startswith(_NO_TOKEN_NEEDED)):
+        await trio.aclose_forcefully(client.stream)
+        raise ServerRefused(reply or "the server closed the connection when given the token")
 
 
 @asynccontextmanager
@@ -247,6 +270,7 @@ async def connect(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
+    token: bytes | None = None,
 ) -> AsyncIterator[Client]:
     """:func:`open_client` as a context manager that closes on exit."""
     client = await open_client(
@@ -256,6 +280,7 @@ async def connect(
         connect_timeout=connect_timeout,
         ssl_context=ssl_context,
         server_hostname=server_hostname,
+        token=token,
     )
     try:
         yield client

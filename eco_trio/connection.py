@@ -21,7 +21,17 @@ from typing import TYPE_CHECKING
 import trio
 
 from . import protocol
-from .protocol import Close, Event, ForeignProtocol, ListClients, Reply, ServerProtocol, Shutdown, Status
+from .protocol import (
+    Authenticate,
+    Close,
+    Event,
+    ForeignProtocol,
+    ListClients,
+    Reply,
+    ServerProtocol,
+    Shutdown,
+    Status,
+)
 from .registry import ClientEntry, listing_rows
 from .socket_stream import ReceiveInterrupted, SendTimeout, close_at_once, receive_interrupter
 
@@ -247,18 +257,23 @@ async def _answer(
             case Reply(data=data):
                 out.append(data)
             case ListClients():
+                if (refusal := server.listing_refusal(entry)) is not None:
+                    out.append(protocol.encode_line(refusal))
+                    continue
                 await _send_listing(server, stream, entry, b"".join(out))
                 out = []
             case Shutdown(token=token):
-                reply, accepted = server.shutdown_requested_by(entry, token)
-                out.append(protocol.encode_line(reply))
-                if accepted:
-                    entry.end_reason = "DESCONEXION"
-                    await _send(stream, entry, b"".join(out))
-                    return True
+                lines, end = server.shutdown_requested_by(entry, token)
+                if (done := await _reply(stream, entry, out, lines, end)) is not None:
+                    return done
             case Status(token=token):
-                await _send(stream, entry, b"".join(out) + protocol.encode_lines(server.status_lines(token)))
-                out = []
+                lines, end = server.status_lines(entry, token)
+                if (done := await _reply(stream, entry, out, lines, end)) is not None:
+                    return done
+            case Authenticate(token=token):
+                lines, end = server.authenticate(entry, token)
+                if (done := await _reply(stream, entry, out, lines, end)) is not None:
+                    return done
             case ForeignProtocol(name=name):
                 level, hint = _FOREIGN.get(name, (logging.WARNING, "a client of another protocol"))
                 log.log(level, "%s: closed: it spoke %s to this line server (%s)", entry.address, name, hint)
@@ -276,6 +291,24 @@ async def _answer(
     if out:
         await _send(stream, entry, b"".join(out))
     return None
+
+
+async def _reply(
+    stream: trio.abc.HalfCloseableStream,
+    entry: ClientEntry,
+    out: list[bytes],
+    lines: list[str],
+    end: str | None,
+) -> bool | None:
+    """Send what ``out`` holds and ``lines``, now (their cost and order
+    depend on the server); ``out`` is emptied.  When ``end`` says why the
+    conversation ends, returns True (linger on close)."""
+    data = b"".join(out) + protocol.encode_lines(lines)
+    out.clear()
+    if end is not None:
+        entry.end_reason, entry.closing = end, True
+    await _send(stream, entry, data)
+    return True if end is not None else None
 
 
 def _note_close(entry: ClientEntry, reason: str) -> None:

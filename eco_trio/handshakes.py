@@ -59,6 +59,10 @@ class RateBound:
         self._theoretical = start + self._interval
         return max(0.0, self._theoretical - self._span - now)
 
+    def available(self, now: float) -> bool:
+        """Whether a start reserved now would need no wait."""
+        return self._theoretical + self._interval - self._span <= now
+
     def idle_since(self, now: float) -> bool:
         return self._theoretical < now
 

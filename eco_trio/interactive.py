@@ -35,6 +35,12 @@ class Link:
         self.client: Client | None = None
         self.closed = trio.Event()  # the current connection has ended
         self.waiting_since: float | None = None  # a line sent, no reply yet
+        #: Set at the next batch of server lines (or the connection's end);
+        #: ``last_reply`` is that batch's first line.
+        self.answered = trio.Event()
+        self.last_reply: str | None = None
+        #: The user asked to leave (Ctrl-D, APAGAR, DESCONEXION).
+        self.leaving = False
 
     def prompt(self) -> str:
         if self.client is None:
@@ -65,13 +71,18 @@ async def run_interactive(
                     link.waiting_since = None
                     for line in batch:
                         show(line)
+                    link.last_reply = batch[0]
+                    link.answered.set()
             except trio.BrokenResourceError as exc:
                 reason = f"la conexión se rompió ({exc})"
             closed.set()
+            link.last_reply = None
+            link.answered.set()
             if link.client is client:
                 link.client = None
                 link.waiting_since = None
-                show(f"[desconectado: {reason}; la próxima línea vuelve a conectar, Ctrl-D sale]")
+                hint = "" if link.leaving else "; la próxima línea vuelve a conectar, Ctrl-D sale"
+                show(f"[desconectado: {reason}{hint}]")
             await trio.aclose_forcefully(client.stream)
 
         async def attach() -> bool:
@@ -89,6 +100,7 @@ async def run_interactive(
         while True:
             line = await read_line()
             if line is None:  # Ctrl-D: let the server answer what it got
+                link.leaving = True
                 if link.client is not None:
                     if await _half_close(link.client):
                         with trio.move_on_after(close_wait):
@@ -101,14 +113,22 @@ async def run_interactive(
             if link.client is None and not await attach():
                 continue
             assert link.client is not None
+            closing = is_closing_command(line)
+            if closing:
+                link.answered = trio.Event()
+            # Set before the line goes: a fast reply must find it set, to clear it.
+            if link.waiting_since is None:
+                link.waiting_since = link.clock()
             try:
                 await link.client.send_line(line)
             except trio.BrokenResourceError:
                 continue  # the reader reports the disconnection
-            if link.waiting_since is None:
-                link.waiting_since = link.clock()
-            if is_closing_command(line):
+            if closing:
                 with trio.move_on_after(close_wait):
+                    await link.answered.wait()
+                    if link.last_reply is not None and link.last_reply.startswith("ERROR"):
+                        continue  # refused (a wrong token, say): the session goes on, as redis-cli's
+                    link.leaving = True
                     await link.closed.wait()
                 break
         nursery.cancel_scope.cancel()

@@ -30,7 +30,8 @@ GREETING: Final = (
 )
 HELP: Final = (
     "COMANDOS: AYUDA (esta ayuda), LISTAR (clientes conectados), ESTADO (contadores del servidor), "
-    "APAGAR (cerrar esta conexión), DESCONEXION (apagar el servidor); "
+    "APAGAR (cerrar esta conexión), DESCONEXION (apagar el servidor), "
+    "AUTENTICAR <token> (con token en el servidor); "
     "cualquier otra línea vuelve en mayúsculas."
 )
 FAREWELL: Final = "ADIOS: conexión cerrada."
@@ -90,6 +91,14 @@ class Status:
 
 
 @dataclass(frozen=True, slots=True)
+class Authenticate:
+    """``AUTENTICAR <token>``: prove the token once for this session (as
+    Redis' ``AUTH``), for LISTAR, ESTADO and DESCONEXION."""
+
+    token: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
 class ForeignProtocol:
     """The peer speaks another protocol (``"HTTP"``, ``"TLS"``): nothing it
     sent after this is acted on, and the connection should close at once,
@@ -108,7 +117,7 @@ class Close:
     reason: str = field(default="end of input", compare=False)
 
 
-Event = Reply | ListClients | Shutdown | Status | ForeignProtocol | Close
+Event = Reply | ListClients | Shutdown | Status | Authenticate | ForeignProtocol | Close
 
 
 # --- recognising commands ---------------------------------------------------
@@ -123,7 +132,7 @@ Event = Reply | ListClients | Shutdown | Status | ForeignProtocol | Close
 # starts its line; a request line has "HTTP/" in it, searched for only when
 # the batch has a "/" at all (one memchr).  One regular expression finds the
 # line starts: at 1 KiB it costs a third of six substring searches.
-_SPECIAL_START: Final = rb"[ \t\r\x0b\x0c]*(?:APAGAR|LISTAR|AYUDA|DESCONEXI|ESTADO|HOLA|HOST:)"
+_SPECIAL_START: Final = rb"[ \t\r\x0b\x0c]*(?:APAGAR|LISTAR|AYUDA|AUTENTICAR|DESCONEXI|ESTADO|HOLA|HOST:)"
 _SPECIAL_FIRST_LINE: Final = re.compile(_SPECIAL_START)
 #: The bytes such a line can start with (most batches start with none: no
 #: regular expression call for them).
@@ -133,11 +142,13 @@ _SPECIAL_LATER_LINE: Final = re.compile(rb"\n" + _SPECIAL_START)
 _CLOSE: Final = Close()
 _LIST: Final = ListClients()
 _SHUTDOWN_WORDS: Final = (b"DESCONEXION", "DESCONEXIÓN".encode(), "DESCONEXIóN".encode())
-_SINGLE_WORD: Final[dict[bytes, tuple[Reply | ListClients | Shutdown | Status, bool]]] = {
+_Command = Reply | ListClients | Shutdown | Status | Authenticate
+_SINGLE_WORD: Final[dict[bytes, tuple[_Command, bool]]] = {
     b"APAGAR": (Reply(encode_line(FAREWELL)), True),
     b"LISTAR": (_LIST, False),
     b"ESTADO": (Status(None), False),
     b"AYUDA": (Reply(encode_line(HELP)), False),
+    b"AUTENTICAR": (Authenticate(None), False),
     **{word: (Shutdown(None), False) for word in _SHUTDOWN_WORDS},
 }
 _HELLO: Final = (Reply(encode_line(HELLO_REPLY)), False)
@@ -147,7 +158,7 @@ _HELLO: Final = (Reply(encode_line(HELLO_REPLY)), False)
 _HTTP_REQUEST_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/\d(\.\d)?")
 
 
-def _command(raw: bytes | bytearray) -> tuple[Reply | ListClients | Shutdown | Status, bool] | None:
+def _command(raw: bytes | bytearray) -> tuple[_Command, bool] | None:
     """The command the line ``raw`` is, with whether it ends the connection;
     None when it is an ordinary line."""
     words = raw.split()
@@ -161,6 +172,8 @@ def _command(raw: bytes | bytearray) -> tuple[Reply | ListClients | Shutdown | S
             return Shutdown(bytes(words[1])), False  # the token, byte for byte
         if first == b"ESTADO":
             return Status(bytes(words[1])), False
+        if first == b"AUTENTICAR":
+            return Authenticate(bytes(words[1])), False
     return None
 
 
@@ -281,6 +294,7 @@ class ServerProtocol:
         "_telnet_input",
         "_telnet_position",
         "last_command",
+        "secret_bytes",
     )
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE, *, commands: Counter[str] | None = None) -> None:
@@ -308,6 +322,9 @@ class ServerProtocol:
         self._close_reason = "end of input"
         #: The name of the last command this client sent (LISTAR shows it).
         self.last_command: str | None = None
+        #: Bytes of lines that carried a token: left out of the byte counts
+        #: LISTAR shows others, which would tell the token's length.
+        self.secret_bytes = 0
 
     @property
     def has_fragment(self) -> bool:
@@ -515,6 +532,7 @@ class ServerProtocol:
     def _answer_line(self, raw: bytes | bytearray, max_line: int) -> bytes | Event:
         """One line's reply bytes, or the event it calls for.  Sets
         ``_closed`` when the line ends the conversation."""
+        length = len(raw) + 1
         if raw.endswith(b"\r"):
             raw = raw[:-1]
         if len(raw) > max_line:
@@ -528,7 +546,11 @@ class ServerProtocol:
                 self._commands[self.last_command] += 1
             if closes:
                 self._closed, self._close_reason = True, "APAGAR"
-            return event.data if isinstance(event, Reply) else event
+            if isinstance(event, Reply):
+                return event.data
+            if not isinstance(event, ListClients) and event.token is not None:
+                self.secret_bytes += length
+            return event
         if _is_http(raw):
             self._closed, self._close_reason = True, "HTTP request"
             return ForeignProtocol("HTTP")
@@ -615,6 +637,18 @@ def is_closing_command(line: str | bytes) -> bool:
     (``APAGAR``, or ``DESCONEXION`` with or without a token)."""
     command = _command(line.encode() if isinstance(line, str) else line)
     return command is not None and (command[1] or isinstance(command[0], Shutdown))
+
+
+def carries_token(line: str | bytes) -> bool:
+    """Whether ``line`` is a command with a token on it (``AUTENTICAR``,
+    ``ESTADO``/``DESCONEXION`` with an argument): not to be kept in a
+    history or shown."""
+    command = _command(line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line)
+    return (
+        command is not None
+        and isinstance(command[0], (Shutdown, Status, Authenticate))
+        and (command[0].token is not None)
+    )
 
 
 def is_listing_command(line: str) -> bool:

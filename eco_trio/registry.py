@@ -65,6 +65,9 @@ class ClientEntry:
     #: The client's source (its address without the port, an IPv6 one to
     #: its /64) while a per-source limit is in force; None otherwise.
     source: str | None = None
+    #: The session proved the token (AUTENTICAR), and wrong tokens sent.
+    authenticated: bool = False
+    auth_failures: int = 0
     #: The names in the client's TLS certificate (mutual TLS), if any.
     certificate_names: tuple[str, ...] = ()
     # What this client has sent and been sent (LISTAR, ESTADO, the log).
@@ -199,7 +202,10 @@ def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, 
             f"{entry.address} conectado={now - entry.connected_at:.0f}s"
             f" inactivo={now - entry.last_line_at:.0f}s"
         )
-        row += f" lineas={entry.lines_in}/{entry.lines_out} bytes={entry.bytes_in}/{entry.bytes_out}"
+        # Lines that carried a token are left out of the bytes in: their
+        # length would tell others the token's.
+        secret = entry.protocol.secret_bytes if entry.protocol is not None else 0
+        row += f" lineas={entry.lines_in}/{entry.lines_out} bytes={entry.bytes_in - secret}/{entry.bytes_out}"
         if entry.protocol is not None and entry.protocol.last_command is not None:
             row += f" ultimo={entry.protocol.last_command.replace(' ', '_')}"
         if entry.certificate_names:

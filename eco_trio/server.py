@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hmac
 import ipaddress
 import logging
 import math
@@ -28,7 +27,8 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from . import __version__, handshakes, logs, protocol, tls
+from . import __version__, auth, handshakes, logs, protocol, tls
+from .auth import TokenGuard, Verdict
 from .connection import serve_connection
 from .handshakes import Handshakes
 from .readiness import Readiness, io_path, open_readiness
@@ -191,6 +191,10 @@ class Server:
         self._failed_accepts = self.throttled_log(logging.ERROR)
         # At INFO, once a second at most: a handshake flood must not flood the log.
         self._handshake_failures = self.throttled_log(logging.INFO)
+        assert self.config.token is None or isinstance(self.config.token, bytes)  # __post_init__
+        self.tokens = TokenGuard(self.config.token)
+        # Wrong tokens, once a second at most: guessing must not flood the log.
+        self._wrong_tokens = self.throttled_log(logging.WARNING)
         self.handshakes = Handshakes(
             self.config.max_handshakes, self.config.handshake_rate, self.config.handshake_rate_per_ip
         )
@@ -240,22 +244,57 @@ class Server:
             extra={"event": "disconnected", "peer": entry.address, "reason": entry.end_reason},
         )
 
-    def _token_matches(self, token: bytes | None) -> bool:
-        """Whether ``token`` is the server's (in constant time); True when
-        the server has none."""
-        expected = self.config.token
-        if expected is None:
-            return True
-        assert isinstance(expected, bytes)  # __post_init__ made it so
-        return token is not None and hmac.compare_digest(token, expected)
+    def _check_token(
+        self, entry: ClientEntry, token: bytes | None, command: str
+    ) -> tuple[str, str | None] | None:
+        """None when ``entry`` may go on (the right token, a session that
+        proved it, or no token set); otherwise the refusal line and, when
+        the connection must close, why."""
+        verdict = self.tokens.check(entry, token, trio.current_time())
+        if verdict is Verdict.ACCEPTED:
+            return None
+        if verdict is not Verdict.MISSING:
+            self._wrong_tokens.note("wrong token from %s (%s, %s)", entry.address, command, verdict.value)
+        if verdict is Verdict.THROTTLED:
+            return "ERROR demasiados tokens incorrectos desde tu dirección; espera unos segundos.", None
+        if verdict is Verdict.WRONG_LAST:
+            return (
+                f"ERROR token incorrecto; {auth.MAX_TRIES} intentos fallidos, conexión cerrada.",
+                "wrong token",
+            )
+        usage = "AUTENTICAR <token>" if command == "AUTENTICAR" else f"{command} <token> o AUTENTICAR <token>"
+        return f"ERROR {command} requiere el token correcto: {usage}.", None
 
-    def status_lines(self, token: bytes | None) -> list[str]:
+    def authenticate(self, entry: ClientEntry, token: bytes | None) -> tuple[list[str], str | None]:
+        """``AUTENTICAR <token>``: the reply, and why to close, if so."""
+        if not self.tokens.required:
+            return ["ERROR este servidor no tiene token: no hace falta AUTENTICAR."], None
+        if token is None:
+            return ["ERROR falta el token: AUTENTICAR <token>."], None
+        if (refusal := self._check_token(entry, token, "AUTENTICAR")) is not None:
+            return [refusal[0]], refusal[1]
+        entry.authenticated = True
+        return ["OK autenticado."], None
+
+    def listing_refusal(self, entry: ClientEntry) -> str | None:
+        """Why ``entry`` may not see LISTAR, or None: with a token set,
+        clients beyond loopback must prove it first (Redis asks for AUTH
+        before CLIENT LIST); loopback and token-less servers keep the
+        seed's plain LISTAR."""
+        if not self.tokens.required or entry.authenticated or _is_loopback(entry.address):
+            return None
+        if tls.admin_name(entry.certificate_names, self.config.tls_admin) is not None:
+            return None
+        return "ERROR LISTAR requiere AUTENTICAR <token> desde fuera de localhost."
+
+    def status_lines(self, entry: ClientEntry, token: bytes | None) -> tuple[list[str], str | None]:
         """ESTADO's reply: a header, then ``clave valor`` lines.  With a
-        token set, only for who sends it (as DESCONEXION)."""
-        if not self._token_matches(token):
-            return ["ERROR ESTADO requiere el token: ESTADO <token>."]
+        token set, only for who proves it (as DESCONEXION)."""
+        if (refusal := self._check_token(entry, token, "ESTADO")) is not None:
+            return [refusal[0]], refusal[1]
         pairs = self.status()
-        return [f"{protocol.STATUS_HEADER} {len(pairs)}", *(f"{key} {value}" for key, value in pairs.items())]
+        header = f"{protocol.STATUS_HEADER} {len(pairs)}"
+        return [header, *(f"{key} {value}" for key, value in pairs.items())], None
 
     def status(self) -> dict[str, object]:
         """Every counter and setting ESTADO and the metrics show."""
@@ -269,6 +308,7 @@ class Server:
             "io_path": self.io_path,
             "tls": "si" if config.tls_cert else "no",
             "clients": len(live),
+            "wrong_tokens": self.tokens.failures,
             "tls_handshakes_pending": len(self.handshakes),
             "tls_handshakes_dropped": self.handshakes.dropped,
             "connections_total": totals.connections,
@@ -287,33 +327,29 @@ class Server:
         }
         return pairs
 
-    def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> tuple[str, bool]:
-        """Decide on a client's DESCONEXION: the reply, and whether it was
-        honoured."""
+    def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> tuple[list[str], str | None]:
+        """Decide on a client's DESCONEXION: the reply, and why the
+        conversation ends ("DESCONEXION": honoured), if it does."""
         config = self.config
         if not config.remote_shutdown:
-            return "ERROR DESCONEXION está desactivado en este servidor.", False
+            return ["ERROR DESCONEXION está desactivado en este servidor."], None
         admin = tls.admin_name(entry.certificate_names, config.tls_admin)
         if admin is not None:
             log.info("DESCONEXION from %s (certificate %s): shutting down", entry.address, escape(admin))
-            entry.closing = True
-            self.shutdown()
-            return protocol.SHUTDOWN_ACK, True
-        if config.token is not None:
-            if not self._token_matches(token):
-                log.warning("DESCONEXION refused from %s: wrong or missing token", entry.address)
-                return "ERROR DESCONEXION requiere el token correcto: DESCONEXION <token>.", False
+        elif self.tokens.required:
+            if (refusal := self._check_token(entry, token, "DESCONEXION")) is not None:
+                return [refusal[0]], refusal[1]
         elif not _is_loopback(entry.address):
-            log.warning("DESCONEXION refused from %s: not a loopback peer", entry.address)
-            return (
+            self._wrong_tokens.note("DESCONEXION refused from %s: not a loopback peer", entry.address)
+            return [
                 "ERROR DESCONEXION solo se acepta desde localhost; arranca el servidor "
-                "con --token para permitirlo desde otras máquinas.",
-                False,
-            )
-        log.info("DESCONEXION from %s: shutting down", entry.address)
+                "con --token para permitirlo desde otras máquinas."
+            ], None
+        if admin is None:
+            log.info("DESCONEXION from %s: shutting down", entry.address)
         entry.closing = True
         self.shutdown()
-        return protocol.SHUTDOWN_ACK, True
+        return [protocol.SHUTDOWN_ACK], "DESCONEXION"
 
     async def serve(self, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen, serve, and return once shut down and every connection closed.

@@ -5,8 +5,10 @@ ptpython, on Linux, macOS and Windows alike).  It runs in a worker thread,
 so trio stays in charge of the connection, and it owns the screen: server
 lines are printed through its ``run_in_terminal``, above the prompt, which
 is then redrawn with what the user has typed, so the two never tear (see
-:class:`Prompt`).  Control characters from the server are shown as U+FFFD,
-so a server cannot drive the terminal.  History persists in a file
+:class:`Prompt`).  Control characters from the server are shown escaped
+(``\\x1b``), so a server cannot drive the terminal; ``--raw`` shows them as
+they are.  Lines waiting to be printed are bounded (MAX_WAITING): under a
+flood faster than the terminal, the oldest are dropped and counted.  History persists in a file
 (:func:`history_path`) and the commands complete with Tab.
 """
 
@@ -26,7 +28,12 @@ from prompt_toolkit.application import run_in_terminal
 from prompt_toolkit.completion import WordCompleter
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 
-COMMANDS = ["AYUDA", "LISTAR", "APAGAR", "DESCONEXION", "hola servidor"]
+from .protocol import carries_token
+from .visible import escape
+
+COMMANDS = ["AYUDA", "LISTAR", "ESTADO", "AUTENTICAR", "APAGAR", "DESCONEXION", "hola servidor"]
+#: Server lines waiting to be printed, at most (a flood drops the oldest).
+MAX_WAITING = 5000
 _CHUNK = 64 * 1024
 
 
@@ -41,14 +48,33 @@ def history_path() -> Path:
     return Path(state) / "eco_trio" / "history"
 
 
+class PrivateHistory(FileHistory):
+    """The history file, kept as redis-cli keeps its own: lines that carry
+    the token (``AUTENTICAR``, ``ESTADO``/``DESCONEXION`` with an argument)
+    are never kept, and the file is readable by its owner only."""
+
+    def append_string(self, string: str) -> None:
+        if not carries_token(string):
+            super().append_string(string)
+
+
 def _history(path: Path, warn: Callable[[str], None]) -> History:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
+        private_folder(path.parent)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        if sys.platform != "win32":
+            os.chmod(path, 0o600)  # a file made by an older version was 0644
     except OSError as exc:
         warn(f"history will not be kept: {path}: {exc.strerror or exc}")
         return InMemoryHistory()
-    return FileHistory(str(path))
+    return PrivateHistory(str(path))
+
+
+def private_folder(folder: Path) -> None:
+    """Make ``folder`` (mode 0700), or make it 0700 if it is ours."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if sys.platform != "win32" and folder.stat().st_uid == os.getuid():
+        os.chmod(folder, 0o700)
 
 
 class Prompt:
@@ -63,7 +89,10 @@ class Prompt:
     it.  With no prompt in progress at all, they are printed at once.
     """
 
-    def __init__(self, message: Callable[[], str], output: TextIO, warn: Callable[[str], None]) -> None:
+    def __init__(
+        self, message: Callable[[], str], output: TextIO, warn: Callable[[str], None], *, raw: bool = False
+    ) -> None:
+        self._shown = shown(output, raw=raw)
         self._session: PromptSession[str] = PromptSession(
             message,
             history=_history(history_path(), warn),
@@ -77,6 +106,8 @@ class Prompt:
         self._drawn = False  # ... and the prompt is up (pre_run has run)
         self._pending: list[str] = []  # to print before the next prompt is up
         self._handed_over: list[str] = []  # given to the prompt's loop, not yet printed
+        self._scheduled = False  # a call to print _handed_over is on its way to the loop
+        self._omitted = 0  # lines dropped from the waiting ones (MAX_WAITING)
 
     async def read(self) -> str | None:
         """The next line the user enters; None at Ctrl-D.  Ctrl-C raises
@@ -95,7 +126,7 @@ class Prompt:
             return self._session.prompt(handle_sigint=False, pre_run=self._prompt_is_up)
         finally:
             with self._lock:
-                self._in_progress = self._drawn = False
+                self._in_progress = self._drawn = self._scheduled = False
                 lines = self._handed_over + self._pending
                 self._handed_over, self._pending = [], []
                 self._write(lines)
@@ -107,25 +138,41 @@ class Prompt:
             self._write(lines)  # nothing of this prompt is on the screen yet
 
     def show(self, text: str) -> None:
-        text = _printable(text)
+        text = self._shown(text)
         with self._lock:
             if not self._in_progress:
                 self._write([text])
                 return
-            if not self._drawn:
+            loop = self._session.app.loop if self._drawn else None
+            if loop is None:  # not up yet, or just ended: printed before the next prompt
                 self._pending.append(text)
-                return
-            loop = self._session.app.loop
-            if loop is None:  # the prompt has just ended: its thread prints what waits
-                self._pending.append(text)
+                self._bound()
                 return
             self._handed_over.append(text)
+            self._bound()
+            if self._scheduled:  # one call prints every line handed over by then
+                return
+            self._scheduled = True
         # If its loop closed meanwhile, the line waits in _handed_over for the
         # prompt thread, which prints whatever is left as the prompt ends.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._print_handed_over)
 
+    def _bound(self) -> None:
+        """Under a flood faster than the terminal, drop the oldest half of
+        the waiting lines (counted, and said) instead of holding them all."""
+        waiting = len(self._handed_over) + len(self._pending)
+        if waiting <= MAX_WAITING:
+            return
+        drop = waiting // 2
+        from_handed = min(drop, len(self._handed_over))
+        del self._handed_over[:from_handed]
+        del self._pending[: drop - from_handed]
+        self._omitted += drop
+
     def _print_handed_over(self) -> None:  # in the prompt's loop
+        with self._lock:
+            self._scheduled = False
         if not self._settle_if_done():
             run_in_terminal(self._write_handed_over)
 
@@ -146,21 +193,18 @@ class Prompt:
             return True
 
     def _write(self, lines: list[str]) -> None:
+        if self._omitted:
+            lines = [
+                f"[{self._omitted} líneas del servidor omitidas: llegaban más rápido de lo que se muestran]",
+                *lines,
+            ]
+            self._omitted = 0
         if lines:
             self._output.write("".join(line + "\n" for line in lines))
             self._output.flush()
 
     def close(self) -> None:
         pass
-
-
-#: Control characters a server could use to drive the terminal (escape
-#: sequences, carriage returns that overwrite the prompt) are shown as U+FFFD.
-_UNPRINTABLE = {code: "\ufffd" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if code != 0x09}
-
-
-def _printable(text: str) -> str:
-    return text.translate(_UNPRINTABLE)
 
 
 async def input_chunks(source: BinaryIO) -> AsyncGenerator[bytes, None]:
@@ -171,22 +215,42 @@ async def input_chunks(source: BinaryIO) -> AsyncGenerator[bytes, None]:
         yield chunk
 
 
-def write_lines(output: TextIO) -> Callable[[list[str]], None]:
+def shown(output: TextIO, *, raw: bool = False) -> Callable[[str], str]:
+    """How server text is shown on ``output``: exact into a pipe or a file
+    (or with ``raw``), control characters escaped (``\\x1b``) on a terminal,
+    as redis-cli does, so a server cannot drive it (clear the screen, set
+    the title, write the clipboard)."""
+    if raw or not _isatty(output):
+        return str
+    return escape
+
+
+def _isatty(output: TextIO) -> bool:
+    try:
+        return output.isatty()
+    except (ValueError, OSError):
+        return False
+
+
+def write_lines(output: TextIO, *, raw: bool = False) -> Callable[[list[str]], None]:
     """Write a batch of lines with one write and one flush."""
+    show = shown(output, raw=raw)
 
     def write(lines: list[str]) -> None:
-        output.write("".join(line + "\n" for line in lines))
+        output.write("".join(show(line) + "\n" for line in lines))
         output.flush()
 
     return write
 
 
-def print_line(output: TextIO) -> Callable[[str], None]:
-    def show(text: str) -> None:
-        output.write(text + "\n")
+def print_line(output: TextIO, *, raw: bool = False) -> Callable[[str], None]:
+    show = shown(output, raw=raw)
+
+    def write(text: str) -> None:
+        output.write(show(text) + "\n")
         output.flush()
 
-    return show
+    return write
 
 
 class PlainPrompt:
@@ -194,9 +258,10 @@ class PlainPrompt:
     system, say): plain ``input()`` in a worker thread, no editing, no
     history.  Server lines are printed as they come."""
 
-    def __init__(self, message: Callable[[], str], output: TextIO) -> None:
+    def __init__(self, message: Callable[[], str], output: TextIO, *, raw: bool = False) -> None:
         self._message = message
         self._output = output
+        self._shown = shown(output, raw=raw)
 
     async def read(self) -> str | None:
         try:
@@ -206,7 +271,7 @@ class PlainPrompt:
             return None
 
     def show(self, text: str) -> None:
-        self._output.write(text + "\n")
+        self._output.write(self._shown(text) + "\n")
         self._output.flush()
 
     def close(self) -> None:
@@ -214,11 +279,11 @@ class PlainPrompt:
 
 
 def open_prompt(
-    message: Callable[[], str], output: TextIO, warn: Callable[[str], None]
+    message: Callable[[], str], output: TextIO, warn: Callable[[str], None], *, raw: bool = False
 ) -> Prompt | PlainPrompt:
     """prompt_toolkit's prompt, or the plain one where it cannot run."""
     try:
-        return Prompt(message, output, warn)
+        return Prompt(message, output, warn, raw=raw)
     except ImportError as exc:  # its terminal layer needs a module this platform lacks
         warn(f"line editing is not available here ({exc.name or exc}); using plain input")
-        return PlainPrompt(message, output)
+        return PlainPrompt(message, output, raw=raw)

@@ -260,8 +260,8 @@ def test_client_against_a_server_that_never_sends_newlines() -> None:
 
 
 def test_token_from_the_environment_guards_desconexion(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ECO_TRIO_TOKEN", "s3creto")
-    with server_process() as server:
+    monkeypatch.delenv("ECO_TRIO_TOKEN", raising=False)
+    with server_process(env={**os.environ, "ECO_TRIO_TOKEN": "s3creto"}) as server:
         refused = client(server.port, "DESCONEXION")
         assert refused.returncode == 0 and refused.stdout.startswith("ERROR")
         assert server.process.poll() is None

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from eco_trio import protocol
 from eco_trio.protocol import (
+    Authenticate,
     Close,
     Event,
     ForeignProtocol,
@@ -42,6 +43,8 @@ def wire(events: list[Event]) -> bytes:
                 out += f"<{name}>".encode()
             case Status(token=token):
                 out += b"<ESTADO " + (token or b"None") + b">\n"
+            case Authenticate(token=token):
+                out += b"<AUTENTICAR " + (token or b"None") + b">\n"
             case Close():
                 out += b"<CLOSE>"
     return out
@@ -401,6 +404,9 @@ line_text = st.one_of(
             "estado",
             "Estado tok",
             "desconexion",
+            "autenticar t",
+            " AUTENTICAR",
+            "autenticarse ya",
         ]
     ),
     st.text(max_size=20),
@@ -456,6 +462,9 @@ def reference(data: bytes) -> bytes:
         elif words[:1] == [b"ESTADO"] and len(words) <= 2:
             token = raw.split()[1] if len(words) == 2 else b"None"
             out.append(b"<ESTADO " + token + b">\n")
+        elif words[:1] == [b"AUTENTICAR"] and len(words) <= 2:
+            token = raw.split()[1] if len(words) == 2 else b"None"
+            out.append(b"<AUTENTICAR " + token + b">\n")
         elif words == [b"AYUDA"]:
             out.append(protocol.encode_line(protocol.HELP))
         elif words == [b"HOLA", b"SERVIDOR"]:

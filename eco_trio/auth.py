@@ -1,0 +1,88 @@
+"""Who may see the other clients, the counters, and stop the server.
+
+With a token set (``--token``), a client proves it either once per session,
+``AUTENTICAR <token>`` (as Redis' ``AUTH``), or on the line itself,
+``ESTADO <token>`` / ``DESCONEXION <token>``.  Guessing is made slow, as
+OpenSSH does with ``MaxAuthTries`` and its per-source penalties:
+
+- a connection is closed after MAX_TRIES wrong tokens;
+- wrong tokens are bounded per source address, FAILURES_PER_SECOND with a
+  burst of FAILURE_BURST: past that, a token from that address is not even
+  compared until the bound allows it again (the reply says so);
+- wrong tokens are logged once a second at most, with a count.
+
+The comparison is in constant time (``hmac.compare_digest``).
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import math
+from typing import Final
+
+from .handshakes import RateBound
+from .registry import ClientEntry, source_of
+
+#: Wrong tokens one connection may send before it is closed.
+MAX_TRIES: Final = 3
+#: Wrong tokens accepted per second from one address, and at once.
+FAILURES_PER_SECOND: Final = 1.0
+FAILURE_BURST: Final = 5.0
+#: Addresses whose bound is full again are forgotten this often.
+_SWEEP_EVERY: Final = 60.0
+
+
+class Verdict(enum.Enum):
+    ACCEPTED = "accepted"
+    #: No token sent (and the session has not proved it): not a guess.
+    MISSING = "missing"
+    WRONG = "wrong"
+    #: Wrong, and the connection has had its MAX_TRIES: close it.
+    WRONG_LAST = "wrong, last try"
+    #: Too many wrong tokens from this address lately: not compared.
+    THROTTLED = "throttled"
+
+
+class TokenGuard:
+    """The server's token, and the bookkeeping of wrong guesses."""
+
+    def __init__(self, token: bytes | None) -> None:
+        self.token = token
+        self._sources: dict[str, RateBound] = {}
+        self._swept_at = -math.inf
+        #: Wrong or throttled tokens since the start (ESTADO).
+        self.failures = 0
+
+    @property
+    def required(self) -> bool:
+        return self.token is not None
+
+    def check(self, entry: ClientEntry, token: bytes | None, now: float) -> Verdict:
+        """Whether ``token`` (None: none sent) is the server's, for ``entry``.
+        ACCEPTED when the server has no token or the session has proved it."""
+        if self.token is None or (token is None and entry.authenticated):
+            return Verdict.ACCEPTED
+        if token is None:
+            return Verdict.MISSING
+        source = source_of(entry.address)
+        bound = self._sources.get(source)
+        if bound is not None and not bound.available(now):
+            self.failures += 1
+            return Verdict.THROTTLED
+        if token is not None and hmac.compare_digest(token, self.token):
+            return Verdict.ACCEPTED
+        self.failures += 1
+        if bound is None:
+            self._sweep(now)
+            bound = self._sources[source] = RateBound(FAILURES_PER_SECOND, FAILURE_BURST)
+        bound.reserve(now)
+        entry.auth_failures += 1
+        return Verdict.WRONG_LAST if entry.auth_failures >= MAX_TRIES else Verdict.WRONG
+
+    def _sweep(self, now: float) -> None:
+        if now - self._swept_at < _SWEEP_EVERY and len(self._sources) < 4096:
+            return
+        self._swept_at = now
+        for source in [s for s, bound in self._sources.items() if bound.idle_since(now)]:
+            del self._sources[source]
