@@ -115,7 +115,7 @@ async def run_interactive(
             assert link.client is not None
             closing = is_closing_command(line)
             if closing:
-                link.answered = trio.Event()
+                link.answered, link.leaving = trio.Event(), True
             # Set before the line goes: a fast reply must find it set, to clear it.
             if link.waiting_since is None:
                 link.waiting_since = link.clock()
@@ -127,8 +127,8 @@ async def run_interactive(
                 with trio.move_on_after(close_wait):
                     await link.answered.wait()
                     if link.last_reply is not None and link.last_reply.startswith("ERROR"):
+                        link.leaving = False
                         continue  # refused (a wrong token, say): the session goes on, as redis-cli's
-                    link.leaving = True
                     await link.closed.wait()
                 break
         nursery.cancel_scope.cancel()
