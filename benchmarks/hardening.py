@@ -34,7 +34,9 @@ MIB = 1024 * 1024
 
 
 class ServerUnderTest:
-    def __init__(self, *options: str) -> None:
+    def __init__(self, *options: str, keep_reading: bool = True) -> None:
+        """``keep_reading``: its log (False: stop once it listens, as
+        a pipe nobody reads)."""
         self.process = subprocess.Popen(
             [sys.executable, "-m", "eco_trio", "servidor", "--host", "127.0.0.1", "--port", "0",
              "--log-level", "INFO", "--max-clients", "19000", *options],
@@ -46,9 +48,14 @@ class ServerUnderTest:
         def drain() -> None:
             assert self.process.stderr is not None
             for line in self.process.stderr:
-                if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                    self.port = int(match[1])
+                if os.environ.get("HARDENING_LOG"):
+                    with open(os.environ["HARDENING_LOG"], "a") as log:
+                        log.write(line)
+                if not ready.is_set() and (match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line)):
+                    self.port = int(match[1])  # the first: --port's
                     ready.set()
+                    if not keep_reading:
+                        return
 
         threading.Thread(target=drain, daemon=True).start()
         if not ready.wait(10):
@@ -67,6 +74,14 @@ class ServerUnderTest:
 
     def fds(self) -> int:
         return len(os.listdir(f"/proc/{self.process.pid}/fd"))
+
+    def threads(self) -> int:
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"^Threads:\s+(\d+)", status, re.M)[1])  # type: ignore[index]
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -217,7 +232,8 @@ def _round_trips(port: int, seconds: float, gap: float) -> list[float]:
         while time.monotonic() < deadline:
             start = time.perf_counter()
             sock.sendall(b"sigo aqui\n")
-            assert stream.readline() == b"SIGO AQUI\n"
+            reply = stream.readline()
+            assert reply == b"SIGO AQUI\n", reply
             latencies.append(time.perf_counter() - start)
             time.sleep(gap)
     return latencies
@@ -350,7 +366,7 @@ def worst_case(attackers: int) -> None:
             f"worst case: {attackers} clients (all of --max-clients), each a 64 KiB line that triples, "
             f"a read of AYUDA lines and a fragment behind it, never reading: RSS {before:.1f} MiB before, "
             f"peak {peak:.1f} MiB (+{per:.0f} KiB per client), {after:.1f} MiB held after 2 s "
-            f"(+{held:.0f} KiB per client); docs/PROTOCOL.md's bound: 460 KiB per client"
+            f"(+{held:.0f} KiB per client); docs/PROTOCOL.md's bound: 461 KiB per client"
         )
         for sock in socks:
             sock.close()
@@ -405,7 +421,320 @@ def storm(connects: int, max_clients: int) -> None:
         server.stop()
 
 
-FIGURES = ["idle", "batch", "push", "flood", "worst", "storm", "shutdown"]
+# --- issue 18: the log, TLS handshakes, telnet, metrics, trickle, per source --------
+
+
+def _trips_summary(latencies: list[float]) -> str:
+    if not latencies:
+        return "no reply at all (refused or closed)"
+    latencies = sorted(latencies)
+    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)]
+    return (
+        f"p50 {statistics.median(latencies) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
+        f"max {latencies[-1] * 1e3:.2f} ms ({len(latencies)} trips)"
+    )
+
+
+def _tolerant(measure: Callable[..., list[float]], *args: object) -> list[float]:
+    """``measure(*args)``, or [] when the server refused or closed (the
+    attack worked: the summary says so rather than a traceback)."""
+    try:
+        return measure(*args)
+    except (AssertionError, OSError):
+        return []
+
+
+def _estado(port: int) -> dict[str, str]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock, sock.makefile("rb") as stream:
+        stream.readline()
+        sock.sendall(b"ESTADO\n")
+        count = int(stream.readline().split()[1])
+        pairs = (stream.readline().decode().rstrip("\n").split(" ", 1) for _ in range(count))
+        return {key: value for key, value in pairs}
+
+
+def blocked_log(seconds: float) -> None:
+    """stderr a pipe nobody reads: connect/close cycles and HTTP requests
+    (a WARNING each) fill it; the bystander, ESTADO and SIGTERM must not care."""
+    server = ServerUnderTest("--grace", "1", keep_reading=False)
+    try:
+        before = _round_trips(server.port, 1, 0.01)
+        start = time.monotonic()
+        for _ in range(3000):
+            socket.create_connection(("127.0.0.1", server.port), timeout=10).close()
+        for _ in range(500):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                with contextlib.suppress(OSError):
+                    sock.recv(4096)
+        cycles = time.monotonic() - start
+        during = _round_trips(server.port, seconds, 0.01)
+        dropped = _estado(server.port).get("log_lines_dropped", "?")
+        start = time.monotonic()
+        server.process.terminate()
+        status = server.process.wait(30)
+        print(
+            f"blocked log: stderr never read; 3000 connect/close cycles and 500 HTTP requests in "
+            f"{cycles:.1f} s; bystander before {_trips_summary(before)}; after {_trips_summary(during)}; "
+            f"{dropped} log lines dropped (ESTADO); "
+            f"SIGTERM: exit {status} after {time.monotonic() - start:.2f} s"
+        )
+    finally:
+        server.stop()
+
+
+def _pki(folder: str) -> dict[str, str]:
+    import trustme  # the test extra: pip install -e .[test]
+
+    ca = trustme.CA()
+    files = {"ca": f"{folder}/ca.pem"}
+    ca.cert_pem.write_to_path(files["ca"])
+    for name, identity in (("server", "localhost"), ("client", "bueno.example")):
+        issued = ca.issue_cert(identity, "127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(f"{folder}/{name}.crt")
+        issued.private_key_pem.write_to_path(f"{folder}/{name}.key")
+        files[name] = f"{folder}/{name}"
+    return files
+
+
+def _client_hello() -> bytes:
+    import ssl
+
+    context = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def _silent_opener(port: int, source: str, rate: float, seconds: float) -> None:
+    """Open connections from ``source`` at ``rate`` a second and say nothing."""
+    held: list[socket.socket] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            sock = socket.socket()
+            sock.bind((source, 0))
+            sock.settimeout(1)
+            sock.connect(("127.0.0.1", port))
+            held.append(sock)
+        if len(held) > 2000:
+            held.pop(0).close()
+        time.sleep(1 / rate)
+    for sock in held:
+        sock.close()
+
+
+def _hello_replayer(port: int, source: str, seconds: float) -> None:
+    """Send a ClientHello, take the ServerHello, close; again, as fast as it goes."""
+    hello = _client_hello()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.socket() as sock:
+            sock.bind((source, 0))
+            sock.settimeout(1)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(hello)
+            sock.recv(65536)
+
+
+def _mtls_client_tries(port: int, files: dict[str, str], tries: int, gap: float) -> tuple[int, list[float]]:
+    import ssl
+
+    context = ssl.create_default_context(cafile=files["ca"])
+    context.load_cert_chain(files["client"] + ".crt", files["client"] + ".key")
+    served, times = 0, []
+    for _ in range(tries):
+        start = time.perf_counter()
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as sock,
+            sock.makefile("rb") as stream,
+        ):
+            if stream.readline().startswith(b"BIENVENIDO"):
+                sock.sendall(b"hola\n")
+                if stream.readline() == b"HOLA\n":
+                    served += 1
+                    times.append(time.perf_counter() - start)
+        time.sleep(gap)
+    return served, times
+
+
+def handshake_flood(seconds: float) -> None:
+    """A mutual-TLS port under a flood of silent connections (136/s, as in
+    the issue) and of replayed ClientHellos, from other addresses; a valid
+    mutual-TLS client and a plain-port bystander beside them."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        files = _pki(folder)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            plain = probe.getsockname()[1]
+        server = ServerUnderTest(
+            "--tls-cert", files["server"] + ".crt", "--tls-key", files["server"] + ".key",
+            "--tls-ca", files["ca"], "--plain-port", str(plain), "--max-clients", "50",
+        )  # fmt: skip
+        try:
+            quiet_served, quiet_times = _mtls_client_tries(server.port, files, 10, 0.1)
+            quiet_trips = _round_trips(plain, 1, 0.01)
+            attackers = [
+                multiprocessing.Process(target=_silent_opener, args=(server.port, "127.0.0.2", 136, seconds)),
+                multiprocessing.Process(target=_hello_replayer, args=(server.port, "127.0.0.3", seconds)),
+            ]
+            for process in attackers:
+                process.start()
+            time.sleep(1)
+            cpu_before, wall = server.cpu_seconds(), time.monotonic()
+            trips = _in_thread(lambda: _tolerant(_round_trips, plain, seconds - 2, 0.01))
+            served, times = _mtls_client_tries(server.port, files, 10, (seconds - 2) / 10)
+            latencies = trips()
+            cpu = (server.cpu_seconds() - cpu_before) / (time.monotonic() - wall)
+            for process in attackers:
+                process.join(seconds + 10)
+            status = _estado(plain)
+            print(
+                f"handshake flood: 136 silent connections/s and ClientHellos replayed as fast as they go, "
+                f"{seconds:g} s: valid mutual-TLS client served {served}/10 (quiet: {quiet_served}/10), "
+                f"slowest {max(times or [0]) * 1e3:.0f} ms (quiet {max(quiet_times or [0]) * 1e3:.0f} ms); "
+                f"plain-port bystander quiet {_trips_summary(quiet_trips)}, "
+                f"under attack {_trips_summary(latencies)}; server CPU {cpu * 100:.0f} %; "
+                f"handshakes dropped {status.get('tls_handshakes_dropped', '?')}"
+            )
+        finally:
+            server.stop()
+
+
+def telnet_memory(attackers: int) -> None:
+    """Clients streaming IAC AYT and never reading: what each holds."""
+    server = ServerUnderTest("--max-clients", str(attackers + 10))
+    try:
+        before, _ = server.rss()
+        server.reset_peak()
+        socks = []
+        for _ in range(attackers):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", server.port))
+            sock.setblocking(False)
+            socks.append(sock)
+        flood = b"\xff\xf6" * 32768
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            for sock in socks:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    sock.send(flood)
+            time.sleep(0.05)
+        after, peak = server.rss()
+        print(
+            f"telnet AYT: {attackers} clients streaming IAC AYT, never reading, 5 s: RSS {before:.1f} MiB "
+            f"before, peak +{(peak - before) * 1024 / attackers:.0f} KiB per client, "
+            f"+{(after - before) * 1024 / attackers:.0f} KiB held; docs/PROTOCOL.md's bound: 461 KiB"
+        )
+        for sock in socks:
+            sock.close()
+    finally:
+        server.stop()
+
+
+def _scraper(address: str, seconds: float) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as r,
+        ):
+            r.read()
+
+
+def metrics_attacks(seconds: float) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    address = f"127.0.0.1:{metrics_port}"
+    server = ServerUnderTest("--metrics", address)
+    try:
+        threads = server.threads()
+        idle = [socket.create_connection(("127.0.0.1", metrics_port), timeout=10) for _ in range(1100)]
+        time.sleep(0.5)
+        start = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            greeted = sock.makefile("rb").readline().startswith(b"BIENVENIDO")
+        greeting = time.perf_counter() - start
+        scrape_start = time.perf_counter()
+        _scraper(address, 0.001)
+        scrape = time.perf_counter() - scrape_start
+        print(
+            f"metrics idle: 1100 idle connections to /metrics: server threads {threads} -> "
+            f"{server.threads()}; a line client greeted {greeted} in {greeting * 1e3:.1f} ms; "
+            f"a scrape answered in {scrape * 1e3:.1f} ms"
+        )
+        for sock in idle:
+            sock.close()
+        quiet = _round_trips(server.port, 1, 0.01)
+        processes = [multiprocessing.Process(target=_scraper, args=(address, seconds)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        time.sleep(0.5)
+        during = _round_trips(server.port, seconds - 1, 0.01)
+        for process in processes:
+            process.join(seconds + 10)
+        print(
+            f"metrics storm: 4 processes scraping in a loop, {seconds:g} s: bystander quiet "
+            f"{_trips_summary(quiet)}; during {_trips_summary(during)}"
+        )
+    finally:
+        server.stop()
+
+
+def trickle(clients: int) -> None:
+    """One byte every idle-timeout less 0.2 s: does it hold the slots?"""
+    server = ServerUnderTest("--idle-timeout", "2")
+    try:
+        socks = connect_many(server.port, clients)
+        for _ in range(3):
+            time.sleep(1.8)
+            for sock in socks:
+                with contextlib.suppress(OSError):
+                    sock.send(b"z")
+        time.sleep(0.5)
+        left = int(_estado(server.port)["clients"]) - 1
+        print(
+            f"trickle: {clients} clients, a byte every 1.8 s against --idle-timeout 2, 5.9 s: "
+            f"{left} still held"
+        )
+        for sock in socks:
+            sock.close()
+    finally:
+        server.stop()
+
+
+def per_source(connects: int) -> None:
+    server = ServerUnderTest("--max-clients", str(connects), "--max-clients-per-ip", "50")
+    try:
+        socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(connects)]
+        firsts = [sock.makefile("rb").readline() for sock in socks]
+        admitted = sum(first.startswith(b"BIENVENIDO") for first in firsts)
+        other = socket.socket()
+        other.bind(("127.0.0.2", 0))
+        other.connect(("127.0.0.1", server.port))
+        greeted = other.makefile("rb").readline().startswith(b"BIENVENIDO")
+        print(
+            f"per source: {connects} connects from 127.0.0.1 against --max-clients {connects} "
+            f"--max-clients-per-ip 50: {admitted} admitted; another address greeted: {greeted}"
+        )
+        for sock in [*socks, other]:
+            sock.close()
+    finally:
+        server.stop()
+
+
+FIGURES = ["idle", "batch", "push", "flood", "worst", "storm", "shutdown",
+           "log", "handshake", "telnet", "metrics", "trickle", "per-source"]  # fmt: skip
 
 
 def main() -> None:
@@ -444,6 +773,20 @@ def main() -> None:
     if "shutdown" in args.only:
         shutdown_time(args.clients, args.non_readers, flood=False)
         shutdown_time(args.clients, args.non_readers, flood=True)
+    if "log" in args.only:
+        blocked_log(3)
+    if "handshake" in args.only:
+        handshake_flood(args.seconds)
+    if "telnet" in args.only:
+        for line, attackers in [(b"\xff\xf1", 1), (b"\xff\xf1", 4)]:
+            flood_attack(args.clients, line, attackers, reading=False, seconds=args.seconds)
+        telnet_memory(200)
+    if "metrics" in args.only:
+        metrics_attacks(args.seconds)
+    if "trickle" in args.only:
+        trickle(100)
+    if "per-source" in args.only:
+        per_source(300)
 
 
 if __name__ == "__main__":
