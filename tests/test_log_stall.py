@@ -130,3 +130,19 @@ def test_closed_stderr_and_sigint_still_shut_down_gracefully() -> None:
             process.send_signal(signal.SIGINT)
             assert file.readline().startswith(b"AVISO")
         assert process.wait(TIMEOUT) == 0
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.03, 0.08, 0.15, 0.3])
+def test_ctrl_c_during_start_up_is_quiet(delay: float) -> None:
+    """Whenever during start-up Ctrl-C comes (loading, parsing, binding),
+    the server ends without a traceback: 130, 0 once it serves, or killed
+    by the signal before Python took it over."""
+    process = subprocess.Popen(
+        [*eco("servidor"), "--host", "127.0.0.1", "--port", "0"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert "Traceback" not in stderr, stderr
+    assert process.returncode in (0, 130, -signal.SIGINT), (process.returncode, stderr)
