@@ -15,7 +15,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
@@ -48,6 +48,8 @@ _N = TypeVar("_N", int, float)
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
+#: cliente, with arguments or piped input: the server answered with ERROR.
+EXIT_ERROR_REPLY = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 #: bench: the server left requests unanswered (closed, refused, said ERROR).
@@ -648,7 +650,8 @@ async def _talk(args: argparse.Namespace) -> int:
     async with client.stream:
         if args.messages:
             return await _send_messages(args, client, address)
-        write = write_lines(sys.stdout, raw=args.raw)
+        errors = _ErrorReplies(write_lines(sys.stdout, raw=args.raw))
+        write = errors.write
         write([client.greeting or ""])
         try:
             end = await run_piped(
@@ -661,13 +664,13 @@ async def _talk(args: argparse.Namespace) -> int:
         except trio.TooSlowError:
             _say(args, f"no reply from {address} within {args.timeout:g} s")
             return EXIT_FAILURE
-    return _session_status(args, end)
+    return _session_status(args, end) or errors.status()
 
 
 async def _send_messages(args: argparse.Namespace, client: Client, address: str) -> int:
-    show = print_line(sys.stdout, raw=args.raw)
+    errors = _ErrorReplies(print_line(sys.stdout, raw=args.raw))
     try:
-        unsent = await run_messages(client, args.messages, show, reply_timeout=args.timeout)
+        unsent = await run_messages(client, args.messages, errors.show, reply_timeout=args.timeout)
     except (ConnectionClosed, trio.BrokenResourceError):
         _say(args, "the server closed the connection before answering")
         return EXIT_FAILURE
@@ -677,7 +680,27 @@ async def _send_messages(args: argparse.Namespace, client: Client, address: str)
     if unsent:
         _say(args, f"not sent, the connection was closed before them: {' '.join(unsent)}")
         return EXIT_FAILURE
-    return EXIT_OK
+    return errors.status()
+
+
+class _ErrorReplies:
+    """Passes server lines on, and remembers whether one was an ``ERROR``
+    reply: a script must be able to tell (redis-cli's ``-e``)."""
+
+    def __init__(self, output: Callable[[Any], None]) -> None:
+        self._output = output
+        self.seen = False
+
+    def show(self, line: str) -> None:
+        self.seen = self.seen or line.startswith("ERROR")
+        self._output(line)
+
+    def write(self, lines: list[str]) -> None:
+        self.seen = self.seen or any(line.startswith("ERROR") for line in lines)
+        self._output(lines)
+
+    def status(self) -> int:
+        return EXIT_ERROR_REPLY if self.seen else EXIT_OK
 
 
 async def _talk_interactively(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from contextlib import aclosing, asynccontextmanager
 
 import trio
 
-from .protocol import LineReader, is_closing_command, is_listing_command, parse_listing_header
+from .protocol import LineReader, is_closing_command, parse_reply_header, reply_header
 from .tls import describe
 
 #: Silence after which a server's unterminated output is shown as a line.
@@ -145,7 +145,9 @@ class Client:
         return lines
 
     async def send_line(self, line: str) -> None:
-        await self.stream.send_all((line + "\n").encode())
+        """Send ``line`` and a newline.  Text that came from bytes that were
+        not UTF-8 (argv, surrogateescape) goes out as those bytes."""
+        await self.stream.send_all((line + "\n").encode("utf-8", "surrogateescape"))
 
     async def request(self, line: str) -> str:
         """Send one line and return its reply; for LISTAR, every line of the
@@ -161,12 +163,14 @@ class Client:
         try:
             await self.send_line(line)
             reply = [await self._expect_line()]
-            if is_listing_command(line):
-                count = parse_listing_header(reply[0])
-                if count is not None:  # eco_trio's own header says how many rows
+            if (word := reply_header(line)) is not None:
+                count = parse_reply_header(reply[0], word)
+                if count is not None:  # eco_trio's own header says how many lines follow
                     reply += [await self._expect_line() for _ in range(count)]
-                else:  # another server: whatever comes before it pauses
+                elif not reply[0].startswith("ERROR"):  # another server: all it sends before a pause
                     reply += await self._lines_until_quiet()
+            elif not self.terminates_lines:  # a server that may split its reply at will
+                reply += await self._lines_until_quiet()
             return reply
         except BaseException as exc:
             if not isinstance(exc, ConnectionClosed):
@@ -177,12 +181,18 @@ class Client:
             raise
 
     async def _lines_until_quiet(self) -> list[str]:
+        """Every line the server sends before it pauses; a fragment left at
+        the pause is one of them (a server that does not end its lines
+        would otherwise glue it to the next reply)."""
         lines: list[str] = []
         while True:
             line: str | None = None
-            with trio.move_on_after(self._pause):
+            with trio.move_on_after(self._pause * 2):
                 line = await self.receive_line()
             if line is None:
+                if (fragment := self._reader.flush(final=True)) is not None:
+                    self.terminates_lines = False
+                    lines.append(fragment)
                 return lines
             lines.append(line)
 

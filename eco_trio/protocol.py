@@ -635,7 +635,7 @@ def _decode_shown(raw: bytes) -> str:
 def is_closing_command(line: str | bytes) -> bool:
     """Whether sending ``line`` asks the server to close this connection
     (``APAGAR``, or ``DESCONEXION`` with or without a token)."""
-    command = _command(line.encode() if isinstance(line, str) else line)
+    command = _command(line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line)
     return command is not None and (command[1] or isinstance(command[0], Shutdown))
 
 
@@ -651,14 +651,22 @@ def carries_token(line: str | bytes) -> bool:
     )
 
 
-def is_listing_command(line: str) -> bool:
-    command = _command(line.encode())
-    return command is not None and isinstance(command[0], ListClients)
+#: The header word a multi-line reply starts with, by the kind of command.
+_HEADERS: Final = {ListClients: LISTING_HEADER, Status: STATUS_HEADER}
 
 
-def parse_listing_header(line: str) -> int | None:
-    """The client count of a ``CLIENTES <n>`` header, or None."""
+def reply_header(line: str) -> str | None:
+    """The header word a multi-line reply to ``line`` would start with
+    (``CLIENTES`` for LISTAR, ``ESTADO`` for ESTADO), or None for a
+    one-line reply."""
+    command = _command(line.encode("utf-8", "surrogateescape"))
+    return None if command is None else _HEADERS.get(type(command[0]))
+
+
+def parse_reply_header(line: str, word: str = LISTING_HEADER) -> int | None:
+    """How many lines follow a ``<word> <n>`` header, or None when ``line``
+    is not one (an ERROR, or another server's reply)."""
     words = line.split()
-    if len(words) == 2 and words[0] == LISTING_HEADER and words[1].isdigit():
+    if len(words) == 2 and words[0] == word and words[1].isdigit():
         return int(words[1])
     return None

@@ -263,7 +263,7 @@ def test_token_from_the_environment_guards_desconexion(monkeypatch: pytest.Monke
     monkeypatch.delenv("ECO_TRIO_TOKEN", raising=False)
     with server_process(env={**os.environ, "ECO_TRIO_TOKEN": "s3creto"}) as server:
         refused = client(server.port, "DESCONEXION")
-        assert refused.returncode == 0 and refused.stdout.startswith("ERROR")
+        assert refused.returncode == 1 and refused.stdout.startswith("ERROR")  # an ERROR reply
         assert server.process.poll() is None
         accepted = client(server.port, "DESCONEXION s3creto")
         assert accepted.stdout == "DESCONEXION: apagando el servidor.\n"
