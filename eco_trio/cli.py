@@ -529,11 +529,13 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
                 async for signum in signals:
                     name = signal.Signals(signum).name
                     if server.shutting_down:
-                        log.warning("%s again: stopping now", name)
+                        log.warning("%s again: stopping now", name, extra={"event": "signal"})
                         forced = True
                         nursery.cancel_scope.cancel()
                         return
-                    log.info("%s: shutting down (send it again to stop at once)", name)
+                    log.info(
+                        "%s: shutting down (send it again to stop at once)", name, extra={"event": "signal"}
+                    )
                     server.shutdown()
 
             nursery.start_soon(watch_signals)
@@ -541,7 +543,7 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
             nursery.cancel_scope.cancel()
     if forced:
         server.flush_counts()
-        log.warning("server stopped at once: connections still open were cut")
+        log.warning("server stopped at once: connections still open were cut", extra={"event": "stopped"})
     return EXIT_INTERRUPTED if forced else EXIT_OK
 
 

@@ -52,9 +52,12 @@ class JSONFormatter(logging.Formatter):
         line: dict[str, object] = {
             "time": _timestamp(record),
             "level": record.levelname,
+            # Every record has an event to filter on; those that name none
+            # are plain log lines.
+            "event": getattr(record, "event", None) or "log",
             "message": record.getMessage(),
         }
-        for key in ("event", "peer", "reason"):
+        for key in ("peer", "reason"):
             if (value := getattr(record, key, None)) is not None:
                 line[key] = value
         if record.exc_info and not record.exc_text:

@@ -29,13 +29,14 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 import trio
+from prometheus_client import ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from . import __version__, logs
 from .handshakes import PendingPool
-from .stats import memory
+from .stats import memory, slug
 
 if TYPE_CHECKING:
     from .server import Server
@@ -70,8 +71,9 @@ class ServerCollector(Collector):
         refused = CounterMetricFamily(
             "eco_trio_refused", "Connections turned away, by cause", labels=["cause"]
         )
+        # Label values are ESTADO's words (refused_http: cause="http").
         for cause, count in dict(totals.refused).items():
-            refused.add_metric([cause], count)
+            refused.add_metric([slug(cause)], count)
         yield refused
         counts = totals.snapshot(live)
         for key, name, description in (
@@ -83,13 +85,13 @@ class ServerCollector(Collector):
             yield CounterMetricFamily(name, description, value=counts[key])
         commands = CounterMetricFamily("eco_trio_commands", "Commands received, by name", labels=["command"])
         for command, count in dict(totals.commands).items():
-            commands.add_metric([command], count)
+            commands.add_metric([slug(command)], count)
         yield commands
         disconnects = CounterMetricFamily(
             "eco_trio_disconnects", "Connections ended, by reason", labels=["reason"]
         )
         for reason, count in dict(totals.disconnects).items():
-            disconnects.add_metric([reason], count)
+            disconnects.add_metric([slug(reason)], count)
         yield disconnects
         yield CounterMetricFamily(
             "eco_trio_log_lines_dropped",
@@ -156,6 +158,8 @@ class MetricsEndpoint:
         self.listener = listener
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(ServerCollector(server))
+        # process_cpu_seconds_total, process_open_fds, ...: prometheus_client's own (Linux).
+        ProcessCollector(registry=self._registry)
         self._connections = PendingPool(MAX_CONNECTIONS)
         self._text = b""
         self._built_at = -math.inf

@@ -233,14 +233,13 @@ class Server:
             return
         clients = len(self.registry)
         log.info(
-            "disconnected %s: %s, after %.1f s, %d lines in, %d out (%d client%s left)",
+            "disconnected %s: %s, after %.1f s, %s in, %d out (%s left)",
             entry.address,
             f"{entry.end_reason} ({entry.end_detail})" if entry.end_detail else entry.end_reason,
             trio.current_time() - entry.connected_at,
-            entry.lines_in,
+            _count(entry.lines_in, "line"),
             entry.lines_out,
-            clients,
-            "" if clients == 1 else "s",
+            _count(clients, "client"),
             extra={"event": "disconnected", "peer": entry.address, "reason": entry.end_reason},
         )
 
@@ -335,7 +334,12 @@ class Server:
             return ["ERROR DESCONEXION está desactivado en este servidor."], None
         admin = tls.admin_name(entry.certificate_names, config.tls_admin)
         if admin is not None:
-            log.info("DESCONEXION from %s (certificate %s): shutting down", entry.address, escape(admin))
+            log.info(
+                "DESCONEXION from %s (certificate %s): shutting down",
+                entry.address,
+                escape(admin),
+                extra={"event": "desconexion", "peer": entry.address},
+            )
         elif self.tokens.required:
             if (refusal := self._check_token(entry, token, "DESCONEXION")) is not None:
                 return [refusal[0]], refusal[1]
@@ -346,7 +350,11 @@ class Server:
                 "con --token para permitirlo desde otras máquinas."
             ], None
         if admin is None:
-            log.info("DESCONEXION from %s: shutting down", entry.address)
+            log.info(
+                "DESCONEXION from %s: shutting down",
+                entry.address,
+                extra={"event": "desconexion", "peer": entry.address},
+            )
         entry.closing = True
         self.shutdown()
         return [protocol.SHUTDOWN_ACK], "DESCONEXION"
@@ -376,7 +384,7 @@ class Server:
         self.idle_timeout = idle_timeout_in_force(config, addresses)
         self.registry.max_per_source = clients_per_ip_in_force(config, addresses)
         if (warning := exposure_warning(addresses, config)) is not None:
-            log.warning("%s", warning)
+            log.warning("%s", warning, extra={"event": "exposure"})
         self.io_path = io_path(config.io)
         log.info(
             "eco_trio %s, pid %d, I/O path %s; limits: --max-clients %d, --max-line %d, "
@@ -388,6 +396,7 @@ class Server:
             config.max_line,
             f"{self.idle_timeout:g} s" if self.idle_timeout is not None else "off",
             config.send_timeout,
+            extra={"event": "start"},
         )
         endpoint = None
         if config.metrics is not None:
@@ -405,7 +414,7 @@ class Server:
                 raise
             endpoint = MetricsEndpoint(self, metrics_socket)
             self.metrics_address = format_address(metrics_socket.getsockname())
-            log.info("metrics on http://%s/metrics", self.metrics_address)
+            log.info("metrics on http://%s/metrics", self.metrics_address, extra={"event": "metrics"})
         try:
             await self._serve(listeners, addresses, task_status, endpoint)
         finally:
@@ -431,7 +440,7 @@ class Server:
                             )
                         for address, (_, sock_context) in zip(addresses, listeners, strict=True):
                             kind = "TLS" if sock_context is not None else "plain text"
-                            log.info("listening on %s (%s)", address, kind)
+                            log.info("listening on %s (%s)", address, kind, extra={"event": "listening"})
                         acceptors.start_soon(self._flush_counts_every_second)
                         if endpoint is not None:
                             acceptors.start_soon(endpoint.serve)
@@ -444,13 +453,19 @@ class Server:
                         readiness.forget(sock.fileno())
                         sock.close()
                 clients = len(self.registry)
-                log.info("shutting down: notifying %d clients (grace %g s)", clients, config.grace)
+                log.info(
+                    "shutting down: notifying %d %s (grace %g s)",
+                    clients,
+                    "client" if clients == 1 else "clients",
+                    config.grace,
+                    extra={"event": "shutdown"},
+                )
                 self.registry.notify_all(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
                 connections_scope.deadline = trio.current_time() + config.grace
         if connections_scope.cancelled_caught:
-            log.info("grace period over: remaining connections cancelled")
+            log.info("grace period over: remaining connections cancelled", extra={"event": "grace_over"})
         self.flush_counts()
-        log.info("server stopped")
+        log.info("server stopped", extra={"event": "stopped"})
 
     def flush_counts(self) -> None:
         """Log what the once-a-second log lines have not said yet."""
@@ -540,9 +555,9 @@ class Server:
         self.totals.connections += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
-                "connected %s (%d clients)",
+                "connected %s (%s)",
                 escape(address),
-                len(registry),
+                _count(len(registry), "client"),
                 extra={"event": "connected", "peer": address},
             )
         return entry
@@ -650,6 +665,11 @@ class _Throttled:
             log.log(self._level, message + " (%d since the last report)", *args, self._count)
             self._count = 0
             self._logged_at = trio.current_time() if now is None else now
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 client``, ``2 clients``: the log is read by people too."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _tune(sock: socket.socket) -> None:

@@ -63,6 +63,10 @@ def memory() -> tuple[int | None, int | None]:
         peak = maxrss if sys.platform == "darwin" else maxrss * 1024  # bytes on macOS, KiB elsewhere
     except ImportError:
         pass
+    if current is not None and peak is not None:
+        # The kernel updates the high-water mark lazily: a peak below the
+        # current figure is only late.
+        peak = max(peak, current)
     return current, peak
 
 

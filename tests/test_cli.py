@@ -587,7 +587,9 @@ def test_json_logs_one_object_a_line_with_peer_and_event() -> None:
     import json
 
     records = [json.loads(line) for line in server.log if line.strip()]
-    assert all({"time", "level", "message"} <= record.keys() for record in records)
+    assert all({"time", "level", "event", "message"} <= record.keys() for record in records)
+    named = {record["event"] for record in records}
+    assert {"start", "listening", "desconexion", "shutdown", "stopped"} <= named, named
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d", records[0]["time"])
     assert records[0]["message"].startswith(f"eco_trio {eco_trio.__version__}, pid {server.process.pid}")
     events = [record for record in records if record.get("event") == "disconnected"]

@@ -4,6 +4,7 @@ token that guards ESTADO like DESCONEXION."""
 from __future__ import annotations
 
 import logging
+import sys
 import urllib.request
 
 import pytest
@@ -59,7 +60,7 @@ async def test_counters_after_a_known_session(
     assert int(counters["lines_in"]) == 3 + 1 + 1 + 2
     assert counters["io_path"] in ("epoll", "portable") and counters["version"]
     reasons = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disconnected")]
-    assert any(": line too long, after " in reason and "1 lines in" in reason for reason in reasons)
+    assert any(": line too long, after " in reason and "1 line in" in reason for reason in reasons)
     assert any(": APAGAR, after " in reason for reason in reasons)
     assert len(closed) == 2  # (first is still connected at that point)
 
@@ -97,7 +98,16 @@ async def test_the_prometheus_scrape_counts_what_estado_counts(nursery: trio.Nur
     assert samples["eco_trio_clients", ()] == int(counters["clients"]) == 1
     assert samples["eco_trio_connections_total", ()] == int(counters["connections_total"])
     assert samples["eco_trio_refused_total", (("cause", "full"),)] == int(counters["refused_full"]) == 1
-    assert samples["eco_trio_commands_total", (("command", "AYUDA"),)] == 1
+    assert samples["eco_trio_commands_total", (("command", "ayuda"),)] == int(counters["command_ayuda"]) == 1
+    # Label values are ESTADO's words, snake_case.
+    for (name, labels), value in samples.items():
+        for label, word in labels:
+            if name == "eco_trio_disconnects_total":
+                assert counters[f"disconnects_{word}"] == str(int(value))
+            assert word == word.lower() and " " not in word, (name, label, word)
+    if sys.platform == "linux":
+        assert samples["process_open_fds", ()] > 0
+    assert int(counters["peak_rss_bytes"]) >= int(counters["rss_bytes"])
     assert samples["eco_trio_lines_received_total", ()] == int(counters["lines_in"])
 
 
