@@ -323,6 +323,15 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "(default: $ECO_TRIO_TOKEN, if set)",
     )
     client.add_argument(
+        "--no-confirm",
+        action="store_true",
+        help="interactively, send DESCONEXION without asking first (it is never asked in pipes or "
+        "with MENSAJE arguments)",
+    )
+    client.add_argument(
+        "--verbose", action="store_true", help="interactively, show the technical detail of errors too"
+    )
+    client.add_argument(
         "--raw",
         action="store_true",
         help="show what the server sends exactly, control characters included, even on a terminal "
@@ -606,37 +615,66 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return tls.client_context(args.tls_ca, args.tls_cert, args.tls_key)
 
 
-async def _open(args: argparse.Namespace) -> Client | str:
-    """A connected client, or one line saying why not."""
-    address = format_address((args.host, args.port))
+async def _open(args: argparse.Namespace, *, in_session: bool = False) -> Client | str:
+    """A connected client, or one line saying why not: in English for
+    stderr; ``in_session``, short and in Spanish, as the rest of what the
+    interactive session shows (the English detail with --verbose)."""
+    plain = args.ssl_context is None
     try:
         return await open_client(
             args.host,
             args.port,
             connect_timeout=args.connect_timeout,
+            greeting_timeout=min(args.connect_timeout, GREETING_WAIT) if plain else None,
             ssl_context=args.ssl_context,
             server_hostname=args.tls_server_name,
             token=args.token,
         )
-    except HandshakeFailed as exc:
-        return f"TLS with {address} failed: {exc}"
-    except socket.gaierror as exc:
-        return f"cannot find host {args.host!s}: {exc.strerror or exc}"
-    except trio.TooSlowError:
-        hint = "" if args.ssl_context is not None else " (if it is a TLS port, add --tls)"
-        return f"no answer from {address} within {args.connect_timeout:g} s{hint}"
-    except ServerRefused as exc:
-        return f"{address} refused the connection: {exc.line}"
-    except ConnectionClosed as exc:
-        return f"{address}: {exc}"
-    except OSError as exc:
-        message = f"cannot connect to {address}: {_reason(exc)}"
-        if isinstance(_root(exc), ConnectionRefusedError):
-            message += (
-                f". Is the server running? Start it with: {args.prog} servidor "
-                f"--host {args.host} --port {args.port}"
+    except (HandshakeFailed, trio.TooSlowError, ConnectionClosed, OSError) as exc:
+        english, spanish = _why_not(args, exc)
+        if not in_session:
+            return english
+        return f"{spanish} ({english})" if args.verbose else spanish
+
+
+#: How long a plain-text client waits for the greeting: a TLS port says
+#: nothing until it hears a ClientHello, and must be suspected soon.
+GREETING_WAIT = 3.0
+
+
+def _why_not(args: argparse.Namespace, exc: BaseException) -> tuple[str, str]:
+    """Why connecting failed: in English, and in Spanish, in few words."""
+    address = format_address((args.host, args.port))
+    tls_hint = args.ssl_context is None
+    match exc:
+        case HandshakeFailed():
+            return f"TLS with {address} failed: {exc}", f"TLS con {address} falló: {exc}"
+        case socket.gaierror():
+            return (
+                f"cannot find host {args.host!s}: {exc.strerror or exc}",
+                f"no encuentro el servidor {args.host!s}",
             )
-        return message
+        case trio.TooSlowError():
+            if tls_hint:
+                waited = min(args.connect_timeout, GREETING_WAIT)
+                return (
+                    f"no answer from {address} within {waited:g} s (if it is a TLS port, add --tls)",
+                    f"{address} no saluda en {waited:g} s; si es un puerto TLS, añade --tls",
+                )
+            return f"no answer from {address} within {args.connect_timeout:g} s", f"{address} no responde"
+        case ServerRefused():
+            return f"{address} refused the connection: {exc.line}", exc.line
+        case ConnectionClosed():
+            return f"{address}: {exc}", f"{address} cerró la conexión"
+        case OSError() if isinstance(_root(exc), ConnectionRefusedError):
+            return (
+                f"cannot connect to {address}: {_reason(exc)}. Is the server running? Start it with: "
+                f"{args.prog} servidor --host {args.host} --port {args.port}",
+                f"no hay servidor en {address}; la próxima línea (o CONECTAR) vuelve a probar",
+            )
+        case OSError():
+            return f"cannot connect to {address}: {_reason(exc)}", f"no puedo conectar con {address}"
+    raise exc
 
 
 async def _talk(args: argparse.Namespace) -> int:
@@ -708,8 +746,16 @@ class _ErrorReplies:
 async def _talk_interactively(args: argparse.Namespace) -> int:
     link = Link()
     prompt = open_prompt(link.prompt, sys.stdout, lambda message: _say(args, message), raw=args.raw)
+    confirm = None if args.no_confirm else getattr(prompt, "confirm", None)
     try:
-        await run_interactive(lambda: _open(args), prompt.read, prompt.show, link, close_wait=args.close_wait)
+        await run_interactive(
+            lambda: _open(args, in_session=True),
+            prompt.read,
+            prompt.show,
+            link,
+            close_wait=args.close_wait,
+            confirm=confirm,
+        )
     finally:
         prompt.close()
     return EXIT_OK

@@ -24,6 +24,7 @@ what such a server sends is shown after a short pause, one reply per line.
 from __future__ import annotations
 
 import enum
+import math
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
@@ -215,13 +216,16 @@ async def open_client(
     ssl_context: ssl.SSLContext | None = None,
     server_hostname: str | None = None,
     token: bytes | None = None,
+    greeting_timeout: float | None = None,
 ) -> Client:
     """Connect (over TLS with ``ssl_context``, checking the certificate
     against ``server_hostname``, by default ``host``) and read the greeting,
     within ``connect_timeout`` seconds.  With ``token``, the session proves
     it first (``AUTENTICAR``, as redis-cli does with ``-a``/``REDISCLI_AUTH``),
     so LISTAR, ESTADO and DESCONEXION need no token on their lines; a
-    server without a token is talked to all the same.
+    server without a token is talked to all the same.  ``greeting_timeout``
+    bounds the wait for the greeting alone (trio.TooSlowError): a TLS port
+    says nothing to a plain-text client.
     Raises OSError when the server cannot be reached, trio.TooSlowError on
     timeout, :class:`ServerRefused` when it greets with an ERROR line, and
     :class:`ConnectionClosed` when it closes without a word."""
@@ -237,7 +241,8 @@ async def open_client(
                     raise HandshakeFailed(f"{describe(exc)} (server name {name})") from exc
             client = Client(stream, pause=pause)
             try:
-                greeting = await client.receive_line()
+                with trio.fail_after(math.inf if greeting_timeout is None else greeting_timeout):
+                    greeting = await client.receive_line()
             except trio.BrokenResourceError as exc:  # TLS 1.3: a refused certificate shows here
                 raise ConnectionClosed(f"the connection broke before the greeting: {describe(exc)}") from exc
         except BaseException:

@@ -639,6 +639,12 @@ def is_closing_command(line: str | bytes) -> bool:
     return command is not None and (command[1] or isinstance(command[0], Shutdown))
 
 
+def is_shutdown_command(line: str) -> bool:
+    """Whether sending ``line`` asks the server to shut down (DESCONEXION)."""
+    command = _command(line.encode("utf-8", "surrogateescape"))
+    return command is not None and isinstance(command[0], Shutdown)
+
+
 def carries_token(line: str | bytes) -> bool:
     """Whether ``line`` is a command with a token on it (``AUTENTICAR``,
     ``ESTADO``/``DESCONEXION`` with an argument): not to be kept in a

@@ -24,14 +24,30 @@ from typing import BinaryIO, TextIO
 
 import trio
 from prompt_toolkit import PromptSession
-from prompt_toolkit.application import run_in_terminal
+from prompt_toolkit.application import get_app, run_in_terminal
 from prompt_toolkit.completion import WordCompleter
+from prompt_toolkit.filters import has_completions
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 
+from .interactive import CTRL_C
 from .protocol import carries_token
 from .visible import escape
 
-COMMANDS = ["AYUDA", "LISTAR", "ESTADO", "AUTENTICAR", "APAGAR", "DESCONEXION", "hola servidor"]
+#: What Tab completes, with the one-line description its menu shows (as
+#: iredis shows a command's summary), and the syntax the toolbar shows
+#: while the command is being typed.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "AYUDA": ("la lista de comandos", "AYUDA"),
+    "LISTAR": ("los clientes conectados", "LISTAR"),
+    "ESTADO": ("los contadores del servidor", "ESTADO [token]"),
+    "AUTENTICAR": ("demostrar el token del servidor", "AUTENTICAR <token>"),
+    "APAGAR": ("cerrar esta conexión y salir", "APAGAR"),
+    "DESCONEXION": ("apagar el servidor, para todos (pregunta antes)", "DESCONEXION [token]"),
+    "CONECTAR": ("volver a conectar (local: no se envía)", "CONECTAR"),
+    "hola servidor": ("el saludo del proyecto original", "hola servidor"),
+}
 #: Server lines waiting to be printed, at most (a flood drops the oldest).
 MAX_WAITING = 5000
 _CHUNK = 64 * 1024
@@ -46,6 +62,42 @@ def history_path() -> Path:
         return Path(local) / "eco_trio" / "history"
     state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(state) / "eco_trio" / "history"
+
+
+def _syntax_hint() -> str:
+    """The bottom toolbar: the syntax of the command being typed, or how to
+    find the commands."""
+    words = get_app().current_buffer.text.split()
+    if words:
+        typed = words[0].upper()
+        for word, (summary, syntax) in COMMANDS.items():
+            if word.upper().startswith(typed) and " " not in word:
+                return f" {syntax}: {summary}"
+    return " Tab: comandos · Ctrl-C: borra la línea · Ctrl-D: salir"
+
+
+def _key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("escape", eager=True, filter=has_completions)
+    def _close_menu(event: KeyPressEvent) -> None:
+        """Escape closes the completion menu (without waiting to see
+        whether it starts an Alt- key)."""
+        event.current_buffer.cancel_completion()
+
+    @bindings.add(Keys.BracketedPaste)
+    def _paste(event: KeyPressEvent) -> None:
+        """A pasted block that ends with a newline is entered as it is:
+        every line of it, and no empty line after."""
+        text = event.data.replace("\r\n", "\n").replace("\r", "\n")
+        buffer = event.current_buffer
+        if text.endswith("\n"):
+            buffer.insert_text(text[:-1])
+            buffer.validate_and_handle()
+        else:
+            buffer.insert_text(text)
+
+    return bindings
 
 
 class PrivateHistory(FileHistory):
@@ -96,9 +148,16 @@ class Prompt:
         self._session: PromptSession[str] = PromptSession(
             message,
             history=_history(history_path(), warn),
-            completer=WordCompleter(COMMANDS, ignore_case=True, sentence=True),
+            completer=WordCompleter(
+                list(COMMANDS),
+                meta_dict={word: summary for word, (summary, _) in COMMANDS.items()},
+                ignore_case=True,
+                sentence=True,
+            ),
             complete_while_typing=False,
             refresh_interval=0.5,
+            bottom_toolbar=_syntax_hint,
+            key_bindings=_key_bindings(),
         )
         self._output = output
         self._lock = threading.Lock()
@@ -110,12 +169,26 @@ class Prompt:
         self._omitted = 0  # lines dropped from the waiting ones (MAX_WAITING)
 
     async def read(self) -> str | None:
-        """The next line the user enters; None at Ctrl-D.  Ctrl-C raises
-        KeyboardInterrupt."""
+        """The next line the user enters; None at Ctrl-D, CTRL_C at Ctrl-C
+        (the line is cleared; the session goes on)."""
         try:
             return await trio.to_thread.run_sync(self._prompt, abandon_on_cancel=True)
         except EOFError:
             return None
+        except KeyboardInterrupt:
+            return CTRL_C
+
+    async def confirm(self, question: str) -> bool:
+        """Ask a yes/no question (no by default; Ctrl-C and Ctrl-D say no)."""
+
+        def ask() -> str:
+            return PromptSession[str]().prompt(question, handle_sigint=False)
+
+        try:
+            answer = await trio.to_thread.run_sync(ask, abandon_on_cancel=True)
+        except (EOFError, KeyboardInterrupt):
+            return False
+        return answer.strip().lower() in ("s", "si", "sí", "y", "yes")
 
     def _prompt(self) -> str:
         with self._lock:

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 
 TIMEOUT = 10.0
 WIDTH = 250  # wide enough that the greeting stays one line
+HEIGHT = 40
 
 
 class Tmux:
@@ -35,7 +36,7 @@ class Tmux:
         self.socket = str(tmp_path / f"tmux-{uuid.uuid4().hex[:8]}")
         self.status = tmp_path / "status"
         wrapped = f"{command}; echo $? > {shlex.quote(str(self.status))}; sleep 30"
-        self._tmux("new-session", "-d", "-x", str(WIDTH), "-y", "40", wrapped)
+        self._tmux("new-session", "-d", "-x", str(WIDTH), "-y", str(HEIGHT), wrapped)
 
     def _tmux(self, *args: str) -> str:
         return subprocess.run(
@@ -43,17 +44,21 @@ class Tmux:
         ).stdout
 
     def screen(self) -> list[str]:
-        lines = self._tmux("capture-pane", "-p").rstrip("\n").split("\n")
+        """The screen above the bottom toolbar (the pane's last row)."""
+        lines = self._tmux("capture-pane", "-p").rstrip("\n").split("\n")[: HEIGHT - 1]
         while lines and not lines[-1].strip():
             lines.pop()
         return [line.rstrip() for line in lines]
 
+    def toolbar(self) -> str:
+        return self._tmux("capture-pane", "-p").split("\n")[HEIGHT - 1].strip()
+
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", *keys)
 
-    def paste(self, text: str) -> None:
+    def paste(self, text: str, *, bracketed: bool = False) -> None:
         self._tmux("set-buffer", text)
-        self._tmux("paste-buffer")
+        self._tmux("paste-buffer", *(["-p"] if bracketed else []))
 
     def wait_for(self, condition: str, *, last: bool = False) -> list[str]:
         """Until a screen line contains ``condition`` (is the last line, if ``last``)."""
@@ -165,9 +170,90 @@ def test_history_is_kept_across_runs_and_commands_complete(terminal: tuple[int, 
         session.wait_for("CLIENTES 1")
 
 
-def test_ctrl_c_leaves_with_130_and_a_sane_terminal(terminal: tuple[int, Path]) -> None:
+def test_ctrl_c_clears_the_line_and_ctrl_d_leaves(terminal: tuple[int, Path]) -> None:
+    """As in iredis, pgcli and bash: Ctrl-C clears the line and the session
+    goes on; Ctrl-D leaves."""
     port, tmp_path = terminal
     with started(port, tmp_path) as session:
         session.keys("a medias", "C-c")
-        assert session.exit_status() == 130
+        session.wait_for("eco> ", last=True)
+        session.keys("sigo", "Enter")
+        screen = session.wait_for("SIGO")
+        assert "A MEDIAS" not in screen
+        session.keys("C-d")
+        assert session.exit_status() == 0
         assert os.path.exists(tmp_path / "history")
+
+
+def test_completion_has_descriptions_and_the_toolbar_shows_the_syntax(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    with started(port, tmp_path) as session:
+        session.keys("ES", "Tab")
+        session.wait_for("eco> ESTADO", last=True)
+        assert "ESTADO [token]" in session.toolbar()
+        session.keys("C-u", "Tab")  # the whole menu, each with what it does
+        screen = session.wait_for("apagar el servidor")
+        assert any("ESTADO" in line and "contadores" in line for line in screen)
+        session.keys("Escape")  # closes the menu at once
+        deadline = time.monotonic() + TIMEOUT
+        while any("contadores" in line for line in session.screen()):
+            assert time.monotonic() < deadline, "Escape left the menu open"
+            time.sleep(0.05)
+
+
+def test_desconexion_asks_first(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    with started(port, tmp_path) as session:
+        session.keys("desconexion", "Enter")
+        session.wait_for("¿Seguro? (s/N)")
+        session.keys("n", "Enter")
+        session.wait_for("[DESCONEXION no enviado]")
+        session.keys("hola", "Enter")
+        session.wait_for("HOLA")  # still connected: nothing was sent
+        session.keys("desconexion", "Enter")
+        session.wait_for("¿Seguro? (s/N)")
+        session.keys("s", "Enter")
+        session.wait_for("DESCONEXION: apagando el servidor.")
+        assert session.exit_status() == 0
+
+
+def test_a_bracketed_paste_ending_in_a_newline_is_sent_as_it_is(terminal: tuple[int, Path]) -> None:
+    port, tmp_path = terminal
+    words = [f"linea{n}" for n in range(10)]
+    with started(port, tmp_path) as session:
+        session.paste("".join(word + "\n" for word in words), bracketed=True)
+        session.wait_for("LINEA9")  # no Enter needed
+        session.wait_for("eco> ", last=True)
+        session.keys("LISTAR", "Enter")
+        screen = session.wait_for("(tú)")
+        own = next(line for line in screen if line.endswith("(tú)"))
+        assert "lineas=11/" in own, own  # ten pasted lines and LISTAR: no empty eleventh
+
+
+def test_starting_with_no_server_waits_at_a_disconnected_prompt(tmp_path: Path) -> None:
+    from .test_cli import free_port
+
+    port = free_port()
+    session = Tmux(client_command(port, tmp_path / "history"), tmp_path)
+    try:
+        screen = session.wait_for("eco (desconectado)> ", last=True)
+        assert any("no hay servidor en" in line for line in screen)  # one line, in Spanish
+        with server_process("--port", str(port)):
+            session.keys("CONECTAR", "Enter")
+            session.wait_for("BIENVENIDO")
+            session.keys("APAGAR", "Enter")
+            assert session.exit_status() == 0
+    finally:
+        session.close()
+
+
+def test_apagar_while_disconnected_leaves(tmp_path: Path) -> None:
+    from .test_cli import free_port
+
+    session = Tmux(client_command(free_port(), tmp_path / "history"), tmp_path)
+    try:
+        session.wait_for("eco (desconectado)> ", last=True)
+        session.keys("apagar", "Enter")
+        assert session.exit_status() == 0
+    finally:
+        session.close()
