@@ -487,12 +487,7 @@ def run_server(args: argparse.Namespace) -> int:
         )
         if config.tls_cert is not None and config.tls_key is not None:
             tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line
-    except (OSError, ssl.SSLError) as exc:
-        print(
-            f"{args.prog} servidor: error: cannot load the TLS files: {exc.strerror or exc}", file=sys.stderr
-        )
-        return EXIT_USAGE
-    except ValueError as exc:
+    except ValueError as exc:  # tls.TLSFileError among them: it names the file
         print(f"{args.prog} servidor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(args.log_level, args.log_format, sys.stderr)
@@ -581,8 +576,8 @@ def _token(args: argparse.Namespace) -> bytes | None:
 def run_client(args: argparse.Namespace) -> int:
     try:
         args.ssl_context = _client_tls(args)
-    except (OSError, ValueError) as exc:
-        _say(args, f"error: cannot load the TLS files: {getattr(exc, 'strerror', None) or exc}")
+    except ValueError as exc:  # tls.TLSFileError: it names the file
+        _say(args, f"error: {exc}")
         return EXIT_USAGE
     try:
         args.token = _token(args)

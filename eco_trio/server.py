@@ -59,7 +59,14 @@ _CONNECTION_ACCEPT_ERRORS = {
 #: serve_listeners does: the server must neither stop nor spin.
 _ACCEPT_BACKOFF = 0.1
 #: The causes ESTADO always shows a refusal count for (0 when none).
-_REFUSALS = ("full", "per source", "HTTP", "TLS on the plain port", "TLS handshake")
+_REFUSALS = (
+    "full",
+    "per source",
+    "HTTP",
+    "TLS on the plain port",
+    "plain text on the TLS port",
+    "TLS handshake",
+)
 #: Idle timeout when listening beyond loopback and none was chosen: a slot
 #: held by a silent client is freed after this long (nginx closes a silent
 #: client after 60 s; an interactive line session deserves longer).
@@ -601,6 +608,12 @@ class Server:
             with pending.scope:
                 wait_turn = partial(self.handshakes.wait_turn, address)
                 return await tls.handshake(stream, context, self.config.tls_handshake_timeout, wait_turn)
+        except tls.NotTLS:
+            self.totals.refused["plain text on the TLS port"] += 1
+            self._handshake_failures.note("%s: plain text on the TLS port: told so", escape(address))
+            with trio.move_on_after(_REFUSAL_WAIT), contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(tls.NOT_TLS_LINE)
+            return None
         except tls.HandshakeFailed as exc:
             failure = str(exc)
         finally:

@@ -30,14 +30,41 @@ log = logging.getLogger("eco_trio.server")
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 
 
+class TLSFileError(ValueError):
+    """A certificate, key or CA file that cannot be used; the message names
+    the file and says what is wrong with it (as nginx's ``cannot load
+    certificate "x.pem"``)."""
+
+
+def _load(what: str, path: str, load: Callable[[], object]) -> None:
+    try:
+        load()
+    except FileNotFoundError:
+        raise TLSFileError(f'cannot load {what} "{path}": no such file') from None
+    except PermissionError:
+        raise TLSFileError(f'cannot load {what} "{path}": permission denied') from None
+    except IsADirectoryError:
+        raise TLSFileError(f'cannot load {what} "{path}": it is a directory') from None
+    except ssl.SSLError as exc:
+        reason = (exc.reason or str(exc)).replace("_", " ").lower()
+        if "pem lib" in reason or "no start line" in reason or "key values mismatch" in reason:
+            reason = "not a PEM private key, or not the key of this certificate"
+        elif "no certificate or crl found" in reason:
+            reason = "no PEM certificate in it"
+        raise TLSFileError(f'cannot load {what} "{path}": {reason}') from None
+    except OSError as exc:
+        raise TLSFileError(f'cannot load {what} "{path}": {exc.strerror or exc}') from None
+
+
 def server_context(cert: str, key: str, ca: str | None = None) -> ssl.SSLContext:
     """The server's context; with ``ca`` (a file or a directory of CA
-    certificates) clients must present a certificate it signed."""
+    certificates) clients must present a certificate it signed.  Raises
+    :class:`TLSFileError` naming the file that cannot be used."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(cert, key)
+    _load_pair(context, cert, key)
     if ca is not None:
-        _trust(context, ca)
+        _load("CA certificates", ca, lambda: _trust(context, ca))
         context.verify_mode = ssl.CERT_REQUIRED
     return context
 
@@ -48,10 +75,19 @@ def client_context(ca: str | None = None, cert: str | None = None, key: str | No
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if ca is not None:
-        _trust(context, ca)
+        _load("CA certificates", ca, lambda: _trust(context, ca))
     if cert is not None:
-        context.load_cert_chain(cert, key)
+        _load_pair(context, cert, key)
     return context
+
+
+def _load_pair(context: ssl.SSLContext, cert: str, key: str | None) -> None:
+    """The certificate, then its key: each file is checked on its own, so
+    the error names the one at fault."""
+    _load("certificate", cert, lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cert))
+    if key is not None:
+        _load("key", key, lambda: open(key, "rb").close())
+    _load("key", key or cert, lambda: context.load_cert_chain(cert, key))
 
 
 def _trust(context: ssl.SSLContext, ca: str) -> None:
@@ -126,6 +162,16 @@ class HandshakeFailed(Exception):
     """A server-side handshake failed; the message says why, in a few words."""
 
 
+class NotTLS(HandshakeFailed):
+    """The client spoke plain text (``nc``, ``telnet``, a client without
+    ``--tls``) to the TLS port: it can be told so in plain text."""
+
+
+#: What a plain-text client on the TLS port reads (as nginx's "The plain
+#: HTTP request was sent to HTTPS port").
+NOT_TLS_LINE = b"ERROR este puerto habla TLS: usa un cliente TLS (cliente --tls, openssl s_client).\n"
+
+
 #: The most a client may send before its handshake is done: a certificate
 #: chain is a few KiB, and each byte of a huge one costs the server time
 #: to parse, in the event loop.
@@ -147,7 +193,9 @@ async def handshake(
     tls_stream = TLSStream(stream, context)
     with trio.move_on_after(seconds):
         try:
-            await tls_stream.receive_hello()
+            first = await tls_stream.receive_hello()
+            if first is not None and first != 0x16:  # not a TLS handshake record
+                raise NotTLS("plain text on the TLS port")
             await wait_turn()
             await tls_stream.do_handshake()
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -188,11 +236,14 @@ class TLSStream(trio.abc.HalfCloseableStream):
         self._eof = False
         self._close_notify_sent = False
         self._handshake_bytes = 0
+        self._first_byte: int | None = None
 
-    async def receive_hello(self) -> None:
-        """Wait for the client's first bytes (without acting on them)."""
+    async def receive_hello(self) -> int | None:
+        """Wait for the client's first bytes (without acting on them); the
+        first byte, or None if the client closed without a word."""
         if not self._incoming.pending and not self._eof:
             await self._fill()
+        return self._first_byte
 
     async def do_handshake(self) -> None:
         while True:
@@ -275,6 +326,8 @@ class TLSStream(trio.abc.HalfCloseableStream):
     async def _fill(self) -> None:
         data = await self.transport.receive_some(65536)
         if data:
+            if not self._handshake_bytes:
+                self._first_byte = data[0]
             self._handshake_bytes += len(data)  # (only looked at during the handshake)
             self._incoming.write(data)
         else:

@@ -152,7 +152,7 @@ async def test_plain_text_on_the_tls_port_is_closed_and_logged_once(
         with trio.fail_after(WAIT):
             while await stream.receive_some():
                 pass
-    failures = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    failures = [r.getMessage() for r in caplog.records if "plain text on the TLS port" in r.getMessage()]
     assert len(failures) == 1, failures
     client = await open_client("127.0.0.1", port, ssl_context=pki.client(), server_hostname="localhost")
     await client.aclose()

@@ -5,6 +5,7 @@ escaped, and a ClientHello on the plain port is seen whatever its writes."""
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 from pathlib import Path
@@ -200,3 +201,33 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_plain_text_on_the_tls_port_is_told_so(nursery: trio.Nursery, pki: Pki) -> None:
+    """nc or telnet on the TLS port: one plain line that says what to use."""
+    cert, key = pki.files("localhost", "127.0.0.1")
+    running = await start_server(nursery, tls_cert=cert, tls_key=key)
+    async with await trio.open_tcp_stream("127.0.0.1", running.port) as stream:
+        await stream.send_all(b"hola\n")
+        peer = Peer(stream)
+        line = await peer.line()
+        assert line.startswith(b"ERROR este puerto habla TLS") and b"--tls" in line
+    assert running.server.totals.refused["plain text on the TLS port"] == 1
+
+
+def test_tls_file_errors_name_the_file(pki: Pki, tmp_path: Path) -> None:
+    cert, key = pki.files("localhost")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    cases = [
+        (
+            (str(tmp_path / "missing.pem"), key),
+            'certificate "' + str(tmp_path / "missing.pem") + '": no such file',
+        ),
+        ((str(junk), key), f'certificate "{junk}": no PEM certificate in it'),
+        ((cert, str(junk)), f'key "{junk}": not a PEM private key'),
+        ((cert, key, str(tmp_path / "noca.pem")), "CA certificates"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(tls.TLSFileError, match=re.escape(expected)):
+            tls.server_context(*args)
