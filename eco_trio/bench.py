@@ -21,6 +21,7 @@ connection are all mismatches.
 from __future__ import annotations
 
 import errno
+import os
 import select
 import selectors
 import socket
@@ -462,6 +463,14 @@ def run_bench(config: BenchConfig, progress: Callable[[float, int], None] | None
     wall = time.perf_counter() - wall_start
     result.bench_cpu = round((_cpu_seconds() - cpu_start) / wall, 3) if wall else 0.0
     result.bench_is_bottleneck = config.mode != "hold" and result.bench_cpu >= 0.9
+    if config.mode != "hold" and not result.replies and not result.first_error:
+        # Nothing came back, and nothing went wrong on the way: say what
+        # such a server is likely doing.
+        result.first_error = (
+            f"no reply line in {config.seconds:g} s: the server may not end its replies with a newline "
+            "(the bench counts lines), or sends a different number of greeting lines than "
+            f"--greeting-lines {config.greeting_lines}"
+        )
     return result
 
 
@@ -535,6 +544,12 @@ def _raise_open_files_limit(needed: int) -> None:
             raise OSError(errno.EMFILE, f"cannot open {needed} files (limit {soft})") from exc
 
 
+def _pinned() -> bool:
+    """Whether this process already runs on one core only (taskset, --cpu)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return getaffinity is not None and len(getaffinity(0)) == 1
+
+
 def format_result(result: BenchResult) -> str:
     """The human-readable report."""
     lat = result.latency_us
@@ -561,8 +576,12 @@ def format_result(result: BenchResult) -> str:
     lines.append(f"  errors {result.errors}  mismatches {result.mismatches}  {result.first_error}".rstrip())
     lines.append(f"  bench CPU           {result.bench_cpu:.0%} of one core")
     if result.bench_is_bottleneck:
+        advice = (
+            "use fewer clients, or the C load generator (../shared/loadgen)"
+            if _pinned()
+            else "pin it and the server to different cores (taskset, --cpu), or use fewer clients"
+        )
         lines.append(
-            "  note: the load generator used a whole core; it, not the server, was the limit. "
-            "Pin it and the server to different cores (taskset) or use fewer clients."
+            f"  note: the load generator used a whole core; it, not the server, was the limit: {advice}."
         )
     return "\n".join(lines)

@@ -156,3 +156,28 @@ def test_bench_tells_a_server_shutting_down_from_a_wrong_reply() -> None:
         out, _ = bench.communicate(timeout=TIMEOUT)
     assert bench.returncode == 3, out
     assert "mismatches 0" in out and ("the server said: AVISO" in out or "closed" in out)
+
+
+def test_bench_against_a_server_that_never_ends_its_lines_says_why() -> None:
+    from .test_cli_script import original_server
+
+    with original_server() as port:
+        result = subprocess.run(
+            eco("bench", "-p", str(port), "--clients", "1", "--seconds", "0.5", "--warmup", "0"),
+            capture_output=True, text=True, timeout=TIMEOUT,
+        )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "may not end its replies with a newline" in result.stdout
+
+
+def test_the_bottleneck_note_does_not_ask_a_pinned_bench_to_pin(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eco_trio import bench
+    from eco_trio.bench import BenchResult
+
+    result = BenchResult("pingpong", 50, 1, 64, 3.0)
+    result.bench_is_bottleneck = True
+    monkeypatch.setattr(bench, "_pinned", lambda: True)
+    pinned = format_result(result)
+    assert "taskset" not in pinned and "fewer clients" in pinned
+    monkeypatch.setattr(bench, "_pinned", lambda: False)
+    assert "taskset" in format_result(result)
