@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -35,7 +36,7 @@ from .client import (
     run_piped,
 )
 from .interactive import Link, run_interactive
-from .protocol import DEFAULT_MAX_LINE
+from .protocol import DEFAULT_MAX_LINE, is_closing_command
 from .readiness import IO_PATHS
 from .registry import format_address
 from .server import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig
@@ -336,6 +337,29 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="show what the server sends exactly, control characters included, even on a terminal "
         "(default: escaped as \\x1b on a terminal, exact into a pipe or file)",
+    )
+    client.add_argument(
+        "-r",
+        "--repeat",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="with MENSAJE arguments, send them N times (redis-cli's -r); with --latency, take N samples "
+        "(default: once; --latency: until Ctrl-C)",
+    )
+    client.add_argument(
+        "-i",
+        "--interval",
+        type=_not_negative,
+        default=None,
+        metavar="SECONDS",
+        help="wait this long between repeats, or between --latency samples (default: 0; --latency: 0.01)",
+    )
+    client.add_argument(
+        "--latency",
+        action="store_true",
+        help="measure the round trip of a line, again and again, and show min, max and average "
+        "(redis-cli's --latency); on a terminal the figures update in place",
     )
     client.add_argument(
         "messages",
@@ -673,7 +697,7 @@ def _why_not(args: argparse.Namespace, exc: BaseException) -> tuple[str, str]:
 
 
 async def _talk(args: argparse.Namespace) -> int:
-    interactive = not args.messages and sys.stdin.isatty()
+    interactive = not args.messages and not args.latency and sys.stdin.isatty()
     if interactive:
         return await _talk_interactively(args)
     outcome = await _open(args)
@@ -683,6 +707,8 @@ async def _talk(args: argparse.Namespace) -> int:
     client = outcome
     address = format_address((args.host, args.port))
     async with client.stream:
+        if args.latency:
+            return await _measure_latency(args, client, address)
         if args.messages:
             return await _send_messages(args, client, address)
         errors = _ErrorReplies(write_lines(sys.stdout, raw=args.raw))
@@ -705,7 +731,12 @@ async def _talk(args: argparse.Namespace) -> int:
 async def _send_messages(args: argparse.Namespace, client: Client, address: str) -> int:
     errors = _ErrorReplies(print_line(sys.stdout, raw=args.raw))
     try:
-        unsent = await run_messages(client, args.messages, errors.show, reply_timeout=args.timeout)
+        for round_ in range(args.repeat or 1):
+            if round_ and args.interval:
+                await trio.sleep(args.interval)
+            unsent = await run_messages(client, args.messages, errors.show, reply_timeout=args.timeout)
+            if unsent or any(is_closing_command(message) for message in args.messages):
+                break  # the connection is closing: no more rounds
     except (ConnectionClosed, trio.BrokenResourceError):
         _say(args, "the server closed the connection before answering")
         return EXIT_FAILURE
@@ -716,6 +747,52 @@ async def _send_messages(args: argparse.Namespace, client: Client, address: str)
         _say(args, f"not sent, the connection was closed before them: {' '.join(unsent)}")
         return EXIT_FAILURE
     return errors.status()
+
+
+#: The line --latency sends (any ordinary line would do).
+_LATENCY_PROBE = "hola"
+
+
+async def _measure_latency(args: argparse.Namespace, client: Client, address: str) -> int:
+    """redis-cli's --latency: one line at a time, its round trip measured;
+    min, max and average in ms, updated in place on a terminal, printed
+    once at the end elsewhere."""
+    interval = 0.01 if args.interval is None else args.interval
+    samples = args.repeat  # None: until Ctrl-C
+    live = sys.stdout.isatty()
+    back = "\r" if live else ""
+    low, high, total, count = math.inf, 0.0, 0.0, 0
+
+    def report(end: str) -> None:
+        sys.stdout.write(
+            f"{back}min: {low * 1e3:.2f}, max: {high * 1e3:.2f}, "
+            f"avg: {total / count * 1e3:.2f} ms ({count} samples){end}"
+        )
+        sys.stdout.flush()
+
+    try:
+        while samples is None or count < samples:
+            start = trio.current_time()
+            with trio.fail_after(args.timeout):
+                reply = await client.request(_LATENCY_PROBE)
+            if reply != _LATENCY_PROBE.upper():
+                _say(args, f"unexpected reply: {reply!r}")
+                return EXIT_FAILURE
+            took = trio.current_time() - start
+            low, high, total, count = min(low, took), max(high, took), total + took, count + 1
+            if live:
+                report("")
+            await trio.sleep(interval)
+    except trio.TooSlowError:
+        _say(args, f"no reply from {address} within {args.timeout:g} s")
+        return EXIT_FAILURE
+    except (ConnectionClosed, trio.BrokenResourceError):
+        _say(args, "the server closed the connection")
+        return EXIT_FAILURE
+    finally:
+        if count:
+            report("\n")
+    return EXIT_OK
 
 
 class _ErrorReplies:

@@ -5,6 +5,7 @@ not UTF-8, and the original project's server in argument mode."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -96,3 +97,19 @@ def test_argument_mode_against_the_original_server_keeps_replies_apart() -> None
     assert lines[1].startswith("127.0.0.1:") and lines[1].count(":") == 1
     assert lines[2] == "Eco: HOLA"
     assert result.returncode == 0, result.stderr
+
+
+def test_repeat_and_interval_as_redis_cli() -> None:
+    with server_process() as server:
+        result = client(server.port, "-r", "3", "-i", "0.05", "hola", "mundo")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["HOLA", "MUNDO"] * 3
+
+
+def test_latency_reports_min_max_and_average() -> None:
+    with server_process() as server:
+        result = client(server.port, "--latency", "-r", "20", "-i", "0")
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(
+        r"min: \d+\.\d\d, max: \d+\.\d\d, avg: \d+\.\d\d ms \(20 samples\)\n", result.stdout
+    ), result.stdout
