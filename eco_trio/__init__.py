@@ -7,10 +7,12 @@ its command line (and its Ctrl-C guard) before trio is imported.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
-
 __version__ = "0.1.0"
+
+# Not typing.TYPE_CHECKING: this module imports nothing at all, so the
+# window in which Ctrl-C can only give a traceback (before __main__'s
+# guard) is as short as it can be.
+TYPE_CHECKING = False
 
 if TYPE_CHECKING:
     from .client import Client, ClientUnusable, ConnectionClosed, ServerRefused, connect, open_client
@@ -41,6 +43,8 @@ def __getattr__(name: str) -> object:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module 'eco_trio' has no attribute {name!r}")
+    import importlib
+
     value = getattr(importlib.import_module(f".{home}", __name__), name)
     globals()[name] = value
     return value
