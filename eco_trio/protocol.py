@@ -26,7 +26,7 @@ DEFAULT_MAX_LINE: Final = 64 * 1024
 
 GREETING: Final = (
     "BIENVENIDO a eco_trio: escribe una línea y te la devuelvo en mayúsculas. "
-    "Comandos: AYUDA, LISTAR, APAGAR, DESCONEXION."
+    "Comandos: AYUDA, LISTAR, ESTADO, APAGAR, DESCONEXION."
 )
 HELP: Final = (
     "COMANDOS: AYUDA (esta ayuda), LISTAR (clientes conectados), ESTADO (contadores del servidor), "

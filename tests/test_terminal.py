@@ -188,6 +188,7 @@ def test_ctrl_c_clears_the_line_and_ctrl_d_leaves(terminal: tuple[int, Path]) ->
 def test_completion_has_descriptions_and_the_toolbar_shows_the_syntax(terminal: tuple[int, Path]) -> None:
     port, tmp_path = terminal
     with started(port, tmp_path) as session:
+        assert "ESTADO" in session.screen()[0]  # the greeting names it
         session.keys("ES", "Tab")
         session.wait_for("eco> ESTADO", last=True)
         assert "ESTADO [token]" in session.toolbar()

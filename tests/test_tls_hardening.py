@@ -231,3 +231,15 @@ def test_tls_file_errors_name_the_file(pki: Pki, tmp_path: Path) -> None:
     for args, expected in cases:
         with pytest.raises(tls.TLSFileError, match=re.escape(expected)):
             tls.server_context(*args)
+
+
+def test_a_plain_client_on_the_tls_port_suspects_tls_soon(pki: Pki) -> None:
+    """It waited 10.5 s for a greeting that never comes, then blamed the
+    server; now it says what to add after a few seconds."""
+    from .test_cli import client, server_process
+
+    cert, key = pki.files("localhost", "127.0.0.1")
+    with server_process("--tls-cert", cert, "--tls-key", key) as server:
+        result = client(server.port, "hola")
+    assert result.returncode == 1 and "add --tls" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
