@@ -7,9 +7,9 @@ its command line (and its Ctrl-C guard) before trio is imported.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-# Not typing.TYPE_CHECKING: this module imports nothing at all, so the
+# Not typing.TYPE_CHECKING: this module imports nothing but its version, so the
 # window in which Ctrl-C can only give a traceback (before __main__'s
 # guard) is as short as it can be.
 TYPE_CHECKING = False

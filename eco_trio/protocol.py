@@ -193,16 +193,16 @@ def _is_http(raw: bytes | bytearray) -> bool:
 
 
 def _is_tls_client_hello(data: bytes | bytearray) -> bool:
-    """Whether a first read starts a TLS record header: handshake (0x16),
-    version 3.x (SSL 3 to TLS 1.3).  A read shorter than the header counts
-    when what it has fits, so a ClientHello sent a byte at a time is seen
-    too: no line of text starts with the control character 0x16 (SYN)."""
-    return (
-        len(data) >= 1
-        and data[0] == 0x16
-        and (len(data) < 2 or data[1] == 0x03)
-        and (len(data) < 3 or data[2] <= 0x04)
-    )
+    """A TLS record header: handshake (0x16), version 3.x (SSL 3 to TLS 1.3)."""
+    return len(data) >= 3 and data[0] == 0x16 and data[1] == 0x03 and data[2] <= 0x04
+
+
+def _may_become_tls_header(data: bytes | bytearray) -> bool:
+    """Whether ``data`` is shorter than a TLS record header but could still
+    become one: the first read is then held until it can be told (a
+    ClientHello sent a byte at a time), so what the server decides never
+    depends on how the bytes were split."""
+    return 0 < len(data) < 3 and data[0] == 0x16 and (len(data) < 2 or data[1] == 0x03)
 
 
 # The second byte a UTF-8 sequence may have after each lead byte (RFC 3629:
@@ -342,9 +342,14 @@ class ServerProtocol:
         if self._closed:
             return []
         if self._fresh:
+            if data:
+                start = bytes(self._buffer) + data if self._buffer else data
+                if _is_tls_client_hello(start):
+                    return self._foreign("TLS")
+                if _may_become_tls_header(start):
+                    self._buffer += data  # (a fragment, should the client pause here)
+                    return []
             self._fresh = False
-            if _is_tls_client_hello(data):
-                return self._foreign("TLS")
         if self._telnet is not None or 0xFF in data:
             return self._receive_telnet(data)
         return self._receive(data)
@@ -359,7 +364,7 @@ class ServerProtocol:
         if not data.endswith(b"\n") or 0xFF in data:
             return None
         if self._fresh:  # (what else a first read may be, _fast_reply sees)
-            if _is_tls_client_hello(data):
+            if data[0] == 0x16:  # a TLS record, perhaps: receive_data tells
                 return None
             self._fresh = False
         return self._fast_reply(data)
@@ -566,7 +571,7 @@ class ServerProtocol:
 
     def _fragment_events(self) -> list[Event]:
         """The buffered fragment, answered as a complete line."""
-        self._held = False
+        self._held = self._fresh = False
         if not self._buffer:
             return []
         self._backlog, self._position = bytes(self._buffer), 0

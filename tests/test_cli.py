@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,84 +20,7 @@ import pytest
 import eco_trio
 
 from .helpers import flood_until_stuck
-
-TIMEOUT = 20
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[str]
-    port: int
-    log: list[str]
-
-
-def eco(*args: str) -> list[str]:
-    return [sys.executable, "-m", "eco_trio", *args]
-
-
-#: Runs eco_trio with a lower open-files limit: argv[1] is the limit.
-_WITH_FILE_LIMIT = (
-    "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
-    "os.execv(sys.executable, [sys.executable, '-m', 'eco_trio', *sys.argv[2:]])"
-)
-
-
-@contextmanager
-def server_process(
-    *args: str, file_limit: int | None = None, env: dict[str, str] | None = None
-) -> Iterator[ServerProcess]:
-    """``python -m eco_trio servidor --port 0`` until it says where it listens."""
-    command = eco("servidor", "--host", "127.0.0.1", "--port", "0", *args)
-    if file_limit is not None:
-        command = [sys.executable, "-c", _WITH_FILE_LIMIT, str(file_limit), *command[3:]]
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    log: list[str] = []
-    listening = threading.Event()
-    ports: list[int] = []
-
-    def read_log() -> None:
-        assert process.stderr is not None
-        for line in process.stderr:
-            log.append(line)
-            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
-                ports.append(int(match[1]))
-                listening.set()
-
-    reader = threading.Thread(target=read_log, daemon=True)
-    reader.start()
-    try:
-        assert listening.wait(TIMEOUT), f"server did not start: {log}"
-        yield ServerProcess(process, ports[0], log)
-    finally:
-        if process.poll() is None:
-            process.kill()  # only our own child, by its handle
-        process.wait(TIMEOUT)
-        reader.join(TIMEOUT)
-        assert process.stderr is not None
-        process.stderr.close()
-
-
-def client(port: int, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        eco("cliente", "--host", "127.0.0.1", "--port", str(port), *args),
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from .processes import TIMEOUT, client, eco, free_port, server_process
 
 
 def test_piped_client_gets_greeting_and_replies() -> None:
@@ -343,12 +265,6 @@ def test_second_ctrl_c_stops_at_once() -> None:
         server.process.send_signal(signal.SIGINT)
         assert server.process.wait(TIMEOUT) == 130
     assert not any("Traceback" in line for line in server.log)
-
-
-@pytest.fixture(autouse=True)
-def _no_inherited_token(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("ECO_TRIO_TOKEN", raising=False)
-    assert "ECO_TRIO_TOKEN" not in os.environ
 
 
 def test_an_idle_server_does_not_spin() -> None:

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from .test_cli import TIMEOUT, client, eco, server_process
+from .processes import TIMEOUT, client, eco, server_process
 
 
 def test_estado_in_argument_mode_prints_the_whole_reply() -> None:

@@ -26,7 +26,7 @@ from eco_trio.interactive import Link, run_interactive
 from eco_trio.visible import escape
 
 from .helpers import start_server
-from .test_cli import TIMEOUT, client, eco, server_process
+from .processes import TIMEOUT, client, eco, server_process
 from .test_client import Screen, typed
 
 EVIL = b"\x1b]0;pwned\x07\x1b]52;c;ZXZpbA==\x07\x1b[2Jhola\r"

@@ -21,7 +21,7 @@ import pytest
 
 from eco_trio import logs
 
-from .test_cli import TIMEOUT, eco, free_port
+from .processes import TIMEOUT, eco, free_port
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes and signals")
 

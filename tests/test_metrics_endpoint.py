@@ -17,7 +17,7 @@ import trio
 from eco_trio import metrics
 
 from .helpers import WAIT, start_server
-from .test_cli import TIMEOUT, eco, free_port
+from .processes import TIMEOUT, eco, free_port
 
 
 def _scrape(address: str) -> str:

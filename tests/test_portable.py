@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import Terminal, server_process
+from .processes import server_process
+from .test_cli import Terminal
 
 SIMULATED = str(Path(__file__).parent / "simulated_platform")
 TIMEOUT = 20

@@ -347,15 +347,19 @@ def test_line_reader_caps_its_buffer() -> None:
     assert reader.flush() == "ij"
 
 
-def test_protocol_module_imports_no_io() -> None:
-    source = Path(protocol.__file__).read_text()
+@pytest.mark.parametrize("module", ["protocol", "telnet", "visible"])
+def test_sans_io_modules_import_no_io(module: str) -> None:
+    """The wire modules never import I/O or a clock, directly or through
+    another eco_trio module that does."""
+    path = Path(protocol.__file__).with_name(f"{module}.py")
     imported: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            imported.add(node.module.split(".")[0])
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module.split(".")[0] if node.module and not node.level else f".{node.module}")
     assert not imported & {"trio", "socket", "asyncio", "time", "selectors", "select"}
+    assert imported & {".registry", ".server", ".connection", ".client"} == set()
 
 
 def test_telnet_module_imports_no_io() -> None:
@@ -599,3 +603,18 @@ def test_the_quick_reply_leaves_foreign_protocols_and_commands_to_receive_data()
     telnet = ServerProtocol(LIMIT)
     receive(telnet, b"\xff\xfb\x01x\n")
     assert telnet.quick_reply(b"buenas\n") is None  # telnet's CR NUL and its other rules apply
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_first_bytes_are_held_only_while_they_could_become_tls(split: int) -> None:
+    """What is decided never depends on how the first bytes were split."""
+    line = b"\x16\x030 no es TLS\n"
+    parser = ServerProtocol()
+    assert parser.receive_data(line[:split]) == []  # could still be a TLS header
+    assert parser.has_fragment
+    assert wire(parser.receive_data(line[split:])) == line.upper()
+    hello = bytes.fromhex("160301")
+    parser = ServerProtocol()
+    for byte in hello[:-1]:
+        assert parser.receive_data(bytes([byte])) == []
+    assert isinstance(parser.receive_data(hello[-1:])[0], ForeignProtocol)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_cli import server_process
+from .processes import free_port, server_process
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -232,8 +232,6 @@ def test_a_bracketed_paste_ending_in_a_newline_is_sent_as_it_is(terminal: tuple[
 
 
 def test_starting_with_no_server_waits_at_a_disconnected_prompt(tmp_path: Path) -> None:
-    from .test_cli import free_port
-
     port = free_port()
     session = Tmux(client_command(port, tmp_path / "history"), tmp_path)
     try:
@@ -249,8 +247,6 @@ def test_starting_with_no_server_waits_at_a_disconnected_prompt(tmp_path: Path) 
 
 
 def test_apagar_while_disconnected_leaves(tmp_path: Path) -> None:
-    from .test_cli import free_port
-
     session = Tmux(client_command(free_port(), tmp_path / "history"), tmp_path)
     try:
         session.wait_for("eco (desconectado)> ", last=True)

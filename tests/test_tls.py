@@ -24,7 +24,7 @@ from eco_trio import tls
 from eco_trio.client import ConnectionClosed, HandshakeFailed, open_client
 
 from .helpers import WAIT, start_server
-from .test_cli import TIMEOUT, eco, server_process
+from .processes import TIMEOUT, eco, server_process
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import ssl
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from eco_trio.server import ServerConfig
 from eco_trio.visible import escape, escape_word
 
 from .helpers import WAIT, Peer, start_server
+from .processes import client, free_port, server_process
 from .test_tls import Pki
 
 
@@ -51,7 +51,7 @@ async def test_silent_tls_connections_hold_no_client_slot(nursery: trio.Nursery,
     --max-clients (the plain port beside stays open) nor keep a valid
     mutual-TLS client out: past --max-handshakes the oldest is dropped."""
     cert, key = pki.files("localhost", "127.0.0.1")
-    plain_port = _free_port()
+    plain_port = free_port()
     running = await start_server(
         nursery, tls_cert=cert, tls_key=key, tls_ca=pki.ca_file, max_clients=3, max_handshakes=4,
         plain_port=plain_port,
@@ -197,12 +197,6 @@ async def test_a_client_hello_in_small_writes_is_seen_on_the_plain_port(
         assert running.server.totals.refused["TLS on the plain port"] == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_plain_text_on_the_tls_port_is_told_so(nursery: trio.Nursery, pki: Pki) -> None:
     """nc or telnet on the TLS port: one plain line that says what to use."""
     cert, key = pki.files("localhost", "127.0.0.1")
@@ -236,8 +230,6 @@ def test_tls_file_errors_name_the_file(pki: Pki, tmp_path: Path) -> None:
 def test_a_plain_client_on_the_tls_port_suspects_tls_soon(pki: Pki) -> None:
     """It waited 10.5 s for a greeting that never comes, then blamed the
     server; now it says what to add after a few seconds."""
-    from .test_cli import client, server_process
-
     cert, key = pki.files("localhost", "127.0.0.1")
     with server_process("--tls-cert", cert, "--tls-key", key) as server:
         result = client(server.port, "hola")

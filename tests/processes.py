@@ -1,0 +1,92 @@
+"""The command line as a user runs it, shared by the end-to-end tests:
+``python -m eco_trio`` in subprocesses, a server until it listens, a client
+run to its end, a free loopback port."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+TIMEOUT = 20
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen[str]
+    port: int
+    log: list[str]
+
+
+def eco(*args: str) -> list[str]:
+    return [sys.executable, "-m", "eco_trio", *args]
+
+
+#: Runs eco_trio with a lower open-files limit: argv[1] is the limit.
+_WITH_FILE_LIMIT = (
+    "import os, resource, sys; n = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "os.execv(sys.executable, [sys.executable, '-m', 'eco_trio', *sys.argv[2:]])"
+)
+
+
+@contextmanager
+def server_process(
+    *args: str, file_limit: int | None = None, env: dict[str, str] | None = None
+) -> Iterator[ServerProcess]:
+    """``python -m eco_trio servidor --port 0`` until it says where it listens."""
+    command = eco("servidor", "--host", "127.0.0.1", "--port", "0", *args)
+    if file_limit is not None:
+        command = [sys.executable, "-c", _WITH_FILE_LIMIT, str(file_limit), *command[3:]]
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    log: list[str] = []
+    listening = threading.Event()
+    ports: list[int] = []
+
+    def read_log() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            log.append(line)
+            if match := re.search(r"listening on 127\.0\.0\.1:(\d+)", line):
+                ports.append(int(match[1]))
+                listening.set()
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    try:
+        assert listening.wait(TIMEOUT), f"server did not start: {log}"
+        yield ServerProcess(process, ports[0], log)
+    finally:
+        if process.poll() is None:
+            process.kill()  # only our own child, by its handle
+        process.wait(TIMEOUT)
+        reader.join(TIMEOUT)
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def client(port: int, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        eco("cliente", "--host", "127.0.0.1", "--port", str(port), *args),
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
