@@ -27,6 +27,14 @@ def tests(session: nox.Session, io: str) -> None:
 
 
 @nox.session
+def fast(session: nox.Session) -> None:
+    """Everything but the end-to-end tests (subprocesses, tmux, openssl):
+    the loop to run while working."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "not e2e", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install(RUFF)
     session.run("ruff", "check", ".")

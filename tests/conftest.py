@@ -4,6 +4,7 @@ in subprocesses)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
@@ -15,3 +16,36 @@ def _no_inherited_token(monkeypatch: pytest.MonkeyPatch) -> None:
     and clients started by the tests do (both read ECO_TRIO_TOKEN)."""
     monkeypatch.delenv("ECO_TRIO_TOKEN", raising=False)
     assert "ECO_TRIO_TOKEN" not in os.environ
+
+
+#: What a test that runs eco_trio (or another program) in a subprocess
+#: calls: such tests are marked ``e2e``, and ``nox -s fast`` leaves them out.
+_SUBPROCESS_CALLS = (
+    "server_process(",
+    "subprocess.",
+    "Popen(",
+    "Tmux(",
+    "started(",
+    "_run_on_a_terminal(",
+    "_server(",
+    "client(server.port",
+    "client(port",
+    "client(listener",
+    "original_server(",
+    "evil_server(",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        function = getattr(item, "function", None)
+        if function is None:
+            continue
+        try:
+            source = inspect.getsource(function)
+        except (OSError, TypeError):
+            continue
+        if any(call in source for call in _SUBPROCESS_CALLS) or "terminal" in getattr(
+            item, "fixturenames", ()
+        ):
+            item.add_marker(pytest.mark.e2e)
