@@ -156,13 +156,20 @@ class Registry:
         return None
 
     def register(self, address: str, now: float) -> ClientEntry | None:
-        """A new entry, or None when :meth:`refusal` has a reason."""
-        if self.refusal(address) is not None:
+        """A new entry, or None when :meth:`refusal` has a reason.  (The
+        checks are written out: this runs for every connection.)"""
+        if len(self._clients) >= self.max_clients:
             return None
-        entry = ClientEntry(address, now, last_line_at=now)
+        source = None
         if self.max_per_source is not None:
-            entry.source = source = source_of(address)
-            self._sources[source] = self._sources.get(source, 0) + 1
+            source = source_of(address)
+            count = self._sources.get(source, 0)
+            if count >= self.max_per_source:
+                return None
+            self._sources[source] = count + 1
+        entry = ClientEntry(address, now, last_line_at=now)
+        if source is not None:
+            entry.source = source
         self._clients[entry] = None
         return entry
 
