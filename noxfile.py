@@ -36,9 +36,12 @@ def fast(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.install(RUFF)
+    """ruff, and the architecture: import-linter's contracts in
+    pyproject.toml (layers; the wire is sans-IO)."""
+    session.install(RUFF, "import-linter>=2.1", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session

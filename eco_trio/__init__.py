@@ -15,8 +15,15 @@ from ._version import __version__
 TYPE_CHECKING = False
 
 if TYPE_CHECKING:
-    from .client import Client, ClientUnusable, ConnectionClosed, ServerRefused, connect, open_client
-    from .server import Server, ServerConfig, serve
+    from eco_trio.client.core import (
+        Client,
+        ClientUnusable,
+        ConnectionClosed,
+        ServerRefused,
+        connect,
+        open_client,
+    )
+    from eco_trio.server.core import Server, ServerConfig, serve
 
 _HOMES = {
     **dict.fromkeys(

@@ -11,7 +11,7 @@ import sys
 EXIT_INTERRUPTED = 130
 
 try:
-    from eco_trio.cli import main
+    from eco_trio.cli.main import main
 except KeyboardInterrupt:
     sys.exit(EXIT_INTERRUPTED)
 

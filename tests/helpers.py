@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import trio
 import trio.testing
 
-from eco_trio.connection import serve_connection
-from eco_trio.server import Server, ServerConfig
+from eco_trio.server.connection import serve_connection
+from eco_trio.server.core import Server, ServerConfig
 
 #: Bound on any single wait on a real socket.
 WAIT = 5.0

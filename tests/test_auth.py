@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio import auth
-from eco_trio.server import Server, ServerConfig
+from eco_trio.server import auth
+from eco_trio.server.core import Server, ServerConfig
 
 from .helpers import GREETING_PREFIX, Peer, memory_peer
 

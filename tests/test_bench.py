@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from eco_trio.bench import BenchConfig, format_result, run_bench
+from eco_trio.bench.core import BenchConfig, format_result, run_bench
 
 from .processes import TIMEOUT, eco, server_process
 
@@ -174,8 +174,8 @@ def test_bench_against_a_server_that_never_ends_its_lines_says_why() -> None:
 
 
 def test_the_bottleneck_note_does_not_ask_a_pinned_bench_to_pin(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eco_trio import bench
-    from eco_trio.bench import BenchResult
+    from eco_trio.bench import core as bench
+    from eco_trio.bench.core import BenchResult
 
     result = BenchResult("pingpong", 50, 1, 64, 3.0)
     result.bench_is_bottleneck = True

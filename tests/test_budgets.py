@@ -11,9 +11,9 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio import protocol, telnet
-from eco_trio.protocol import Reply, ServerProtocol
-from eco_trio.server import REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig, clients_per_ip_in_force
+from eco_trio.server.core import REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig, clients_per_ip_in_force
+from eco_trio.wire import protocol, telnet
+from eco_trio.wire.protocol import Reply, ServerProtocol
 
 from .helpers import GREETING_PREFIX, WAIT, Peer, memory_peer, start_server, still_served
 
@@ -134,7 +134,7 @@ def test_per_address_limit_defaults() -> None:
 
 
 def test_ipv6_clients_are_counted_by_their_64() -> None:
-    from eco_trio.registry import Registry
+    from eco_trio.server.registry import Registry
 
     registry = Registry(10, max_per_source=2)
     assert registry.register("[2001:db8::1]:1", 0.0) is not None

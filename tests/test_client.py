@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 import eco_trio
-from eco_trio.client import (
+from eco_trio.client.core import (
     Client,
     ClientUnusable,
     ServerRefused,
@@ -19,7 +19,7 @@ from eco_trio.client import (
     run_messages,
     run_piped,
 )
-from eco_trio.interactive import Link, run_interactive
+from eco_trio.client.interactive import Link, run_interactive
 
 from .helpers import Peer, start_server
 

@@ -20,10 +20,10 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio import terminal
-from eco_trio.client import Client, open_client
-from eco_trio.interactive import Link, run_interactive
-from eco_trio.visible import escape
+from eco_trio.client import terminal
+from eco_trio.client.core import Client, open_client
+from eco_trio.client.interactive import Link, run_interactive
+from eco_trio.wire.visible import escape
 
 from .helpers import start_server
 from .processes import TIMEOUT, client, eco, server_process

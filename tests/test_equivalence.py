@@ -10,9 +10,9 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eco_trio.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, Status, _command
-from eco_trio.readiness import EPOLL_AVAILABLE
-from eco_trio.server import Server, ServerConfig
+from eco_trio.server.core import Server, ServerConfig
+from eco_trio.transport.readiness import EPOLL_AVAILABLE
+from eco_trio.wire.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, Status, _command
 
 from .helpers import Peer, memory_peer, start_server
 

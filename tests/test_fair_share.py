@@ -17,9 +17,9 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio import protocol
-from eco_trio.connection import LISTING_PART, serve_connection
-from eco_trio.server import REMOTE_IDLE_TIMEOUT, Server, ServerConfig, idle_timeout_in_force
+from eco_trio.server.connection import LISTING_PART, serve_connection
+from eco_trio.server.core import REMOTE_IDLE_TIMEOUT, Server, ServerConfig, idle_timeout_in_force
+from eco_trio.wire import protocol
 
 from .helpers import (
     GREETING_PREFIX,

@@ -15,8 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio import protocol
-from eco_trio.server import Server, ServerConfig, exposure_warning
+from eco_trio.server.core import Server, ServerConfig, exposure_warning
+from eco_trio.wire import protocol
 
 from .helpers import (
     GREETING_PREFIX,

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from eco_trio import logs
+from eco_trio.server import logs
 
 from .processes import TIMEOUT, eco, free_port
 

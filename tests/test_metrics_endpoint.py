@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 import trio
 
-from eco_trio import metrics
+from eco_trio.server import metrics
 
 from .helpers import WAIT, start_server
 from .processes import TIMEOUT, eco, free_port

@@ -57,8 +57,8 @@ def test_the_simulation_hides_what_it_says() -> None:
 def test_every_module_imports() -> None:
     code = (
         "import importlib, pkgutil, eco_trio\n"
-        "names = [m.name for m in pkgutil.iter_modules(eco_trio.__path__)]\n"
-        "for name in names: importlib.import_module('eco_trio.' + name)\n"
+        "names = [m.name for m in pkgutil.walk_packages(eco_trio.__path__, 'eco_trio.')]\n"
+        "for name in names: importlib.import_module(name)\n"
         "print(len(names))\n"
     )
     result = run("-c", code)

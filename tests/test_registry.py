@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from eco_trio.registry import Registry, format_address
+from eco_trio.server.registry import Registry, format_address
 
 
 def test_register_in_arrival_order_until_full() -> None:

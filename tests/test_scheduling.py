@@ -6,7 +6,7 @@ import pytest
 import trio
 from trio._core import _run
 
-from eco_trio.scheduling import fifo_order, schedule_point
+from eco_trio.transport.scheduling import fifo_order, schedule_point
 
 TASKS, PASSES = 10, 40
 

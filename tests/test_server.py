@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio import protocol
-from eco_trio.server import Server, ServerConfig, open_listeners
+from eco_trio.server.core import Server, ServerConfig, open_listeners
+from eco_trio.wire import protocol
 
 from .helpers import (
     GREETING_PREFIX,

@@ -10,8 +10,8 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio.readiness import EPOLL_AVAILABLE, Readiness, open_readiness
-from eco_trio.socket_stream import (
+from eco_trio.transport.readiness import EPOLL_AVAILABLE, Readiness, open_readiness
+from eco_trio.transport.socket_stream import (
     CANCEL_POINT_EVERY,
     ReceiveInterrupted,
     SendTimeout,
@@ -162,7 +162,7 @@ async def test_reactor_close_wakes_a_waiting_reader(reactor: Readiness) -> None:
 @pytest.mark.skipif(not EPOLL_AVAILABLE, reason="the epoll reactor needs Linux")
 @pytest.mark.parametrize("readers", [1, 3])
 async def test_closing_the_reactor_wakes_leader_and_followers(readers: int) -> None:
-    from eco_trio.reactor import Reactor  # epoll: Linux only
+    from eco_trio.transport.reactor import Reactor  # epoll: Linux only
 
     reactor = Reactor()
     pairs = [socket.socketpair() for _ in range(readers)]

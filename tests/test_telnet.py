@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eco_trio import protocol, telnet
-from eco_trio.protocol import Reply, ServerProtocol
-from eco_trio.telnet import AYT, DO, DONT, IAC, SB, SE, TIMING_MARK, WILL, WONT, TelnetFilter
+from eco_trio.wire import protocol, telnet
+from eco_trio.wire.protocol import Reply, ServerProtocol
+from eco_trio.wire.telnet import AYT, DO, DONT, IAC, SB, SE, TIMING_MARK, WILL, WONT, TelnetFilter
 
 IP, BRK = 244, 243
 ECHO, SUPPRESS_GO_AHEAD, LINEMODE, NAWS = 1, 3, 34, 31

@@ -20,8 +20,8 @@ import trio
 import trio.testing
 import trustme
 
-from eco_trio import tls
-from eco_trio.client import ConnectionClosed, HandshakeFailed, open_client
+from eco_trio.client.core import ConnectionClosed, HandshakeFailed, open_client
+from eco_trio.transport import tls
 
 from .helpers import WAIT, start_server
 from .processes import TIMEOUT, eco, server_process
@@ -192,7 +192,7 @@ async def test_desconexion_by_certificate(nursery: trio.Nursery, pki: Pki) -> No
     ],
 )
 def test_tls_options_that_cannot_work_are_refused(options: dict[str, object]) -> None:
-    from eco_trio.server import ServerConfig
+    from eco_trio.server.core import ServerConfig
 
     with pytest.raises(ValueError, match="tls"):
         ServerConfig(**options)  # type: ignore[arg-type]

@@ -13,11 +13,11 @@ import pytest
 import trio
 import trustme
 
-from eco_trio import tls
-from eco_trio.client import Client, open_client
-from eco_trio.handshakes import Handshakes, RateBound
-from eco_trio.server import ServerConfig
-from eco_trio.visible import escape, escape_word
+from eco_trio.client.core import Client, open_client
+from eco_trio.server.core import ServerConfig
+from eco_trio.server.handshakes import Handshakes, RateBound
+from eco_trio.transport import tls
+from eco_trio.wire.visible import escape, escape_word
 
 from .helpers import WAIT, Peer, start_server
 from .processes import client, free_port, server_process

@@ -20,8 +20,15 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import protocol
-from .protocol import (
+from eco_trio.server.registry import ClientEntry, listing_rows
+from eco_trio.transport.socket_stream import (
+    ReceiveInterrupted,
+    SendTimeout,
+    close_at_once,
+    receive_interrupter,
+)
+from eco_trio.wire import protocol
+from eco_trio.wire.protocol import (
     Authenticate,
     Close,
     Event,
@@ -32,11 +39,9 @@ from .protocol import (
     Shutdown,
     Status,
 )
-from .registry import ClientEntry, listing_rows
-from .socket_stream import ReceiveInterrupted, SendTimeout, close_at_once, receive_interrupter
 
 if TYPE_CHECKING:
-    from .server import Server
+    from eco_trio.server.core import Server
 
 log = logging.getLogger("eco_trio.server")
 

@@ -20,9 +20,9 @@ from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from . import __version__, logs, open_files, scheduling, tls
-from .bench import MODES, BenchConfig, format_result, run_bench
-from .client import (
+from eco_trio._version import __version__
+from eco_trio.bench.core import MODES, BenchConfig, format_result, run_bench
+from eco_trio.client.core import (
     DEFAULT_CLOSE_WAIT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_REPLY_TIMEOUT,
@@ -35,13 +35,15 @@ from .client import (
     run_messages,
     run_piped,
 )
-from .interactive import Link, run_interactive
-from .protocol import DEFAULT_MAX_LINE, is_closing_command
-from .readiness import IO_PATHS
-from .registry import format_address
-from .server import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig
-from .terminal import input_chunks, open_prompt, print_line, write_lines
-from .visible import escape
+from eco_trio.client.interactive import Link, run_interactive
+from eco_trio.client.terminal import input_chunks, open_prompt, print_line, write_lines
+from eco_trio.server import logs, open_files
+from eco_trio.server.core import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig
+from eco_trio.server.registry import format_address
+from eco_trio.transport import scheduling, tls
+from eco_trio.transport.readiness import IO_PATHS
+from eco_trio.wire.protocol import DEFAULT_MAX_LINE, is_closing_command
+from eco_trio.wire.visible import escape
 
 log = logging.getLogger("eco_trio.server")
 _E = TypeVar("_E", bound=BaseException)

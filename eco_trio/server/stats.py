@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .registry import ClientEntry
+from eco_trio.server.registry import ClientEntry
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from .telnet import TelnetFilter
+from eco_trio.wire.telnet import TelnetFilter
 
 DEFAULT_MAX_LINE: Final = 64 * 1024
 

@@ -32,8 +32,8 @@ from contextlib import aclosing, asynccontextmanager
 
 import trio
 
-from .protocol import LineReader, is_closing_command, parse_reply_header, reply_header
-from .tls import describe
+from eco_trio.transport.tls import describe
+from eco_trio.wire.protocol import LineReader, is_closing_command, parse_reply_header, reply_header
 
 #: Silence after which a server's unterminated output is shown as a line.
 DEFAULT_PAUSE = 0.1

@@ -47,8 +47,8 @@ from collections.abc import Callable
 import trio
 from trio.lowlevel import checkpoint, notify_closing, wait_writable
 
-from .readiness import Readiness
-from .scheduling import schedule_point
+from eco_trio.transport.readiness import Readiness
+from eco_trio.transport.scheduling import schedule_point
 
 DEFAULT_RECEIVE_SIZE = 64 * 1024
 #: A read that need not wait lets the other tasks run through a bare

@@ -27,18 +27,21 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from . import __version__, auth, handshakes, logs, protocol, tls
-from .auth import TokenGuard, Verdict
-from .connection import serve_connection
-from .handshakes import Handshakes
-from .readiness import Readiness, io_path, open_readiness
-from .registry import ClientEntry, Registry, format_address
-from .socket_stream import SocketStream
-from .stats import Totals, memory, slug
-from .visible import escape
+from eco_trio._version import __version__
+from eco_trio.server import auth, handshakes, logs
+from eco_trio.server.auth import TokenGuard, Verdict
+from eco_trio.server.connection import serve_connection
+from eco_trio.server.handshakes import Handshakes
+from eco_trio.server.registry import ClientEntry, Registry, format_address
+from eco_trio.server.stats import Totals, memory, slug
+from eco_trio.transport import tls
+from eco_trio.transport.readiness import Readiness, io_path, open_readiness
+from eco_trio.transport.socket_stream import SocketStream
+from eco_trio.wire import protocol
+from eco_trio.wire.visible import escape
 
 if TYPE_CHECKING:
-    from .metrics import MetricsEndpoint
+    from eco_trio.server.metrics import MetricsEndpoint
 
 log = logging.getLogger("eco_trio.server")
 
@@ -167,7 +170,7 @@ class ServerConfig:
                 f"tls_handshake_timeout must be greater than 0, not {self.tls_handshake_timeout}"
             )
         if self.metrics is not None:
-            from .metrics import parse_address
+            from eco_trio.server.metrics import parse_address
 
             try:
                 parse_address(self.metrics)
@@ -407,7 +410,7 @@ class Server:
         )
         endpoint = None
         if config.metrics is not None:
-            from .metrics import MetricsEndpoint, parse_address
+            from eco_trio.server.metrics import MetricsEndpoint, parse_address
 
             host, port = parse_address(config.metrics)
             try:

@@ -34,12 +34,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from . import __version__, logs
-from .handshakes import PendingPool
-from .stats import memory, slug
+from eco_trio._version import __version__
+from eco_trio.server import logs
+from eco_trio.server.handshakes import PendingPool
+from eco_trio.server.stats import memory, slug
 
 if TYPE_CHECKING:
-    from .server import Server
+    from eco_trio.server.core import Server
 
 log = logging.getLogger("eco_trio.server")
 

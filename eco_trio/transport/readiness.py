@@ -27,7 +27,7 @@ import trio
 from trio.lowlevel import Abort, RaiseCancelT
 
 if TYPE_CHECKING:  # reactor.py needs select.epoll at run time: imported where chosen
-    from .reactor import Reactor
+    from eco_trio.transport.reactor import Reactor
 
 log = logging.getLogger("eco_trio.server")
 
@@ -127,7 +127,7 @@ def open_readiness(requested: str = "auto") -> Reactor | TrioReadiness:
     """A context manager for the chosen I/O path (see :func:`io_path`)."""
     path = io_path(requested)
     if path == "epoll":
-        from .reactor import Reactor  # imports select.epoll: Linux only
+        from eco_trio.transport.reactor import Reactor  # imports select.epoll: Linux only
 
         log.debug("I/O path: epoll (one-shot reactor, the Linux fast path)")
         return Reactor()

@@ -21,8 +21,8 @@ import hmac
 import math
 from typing import Final
 
-from .handshakes import RateBound
-from .registry import ClientEntry, source_of
+from eco_trio.server.handshakes import RateBound
+from eco_trio.server.registry import ClientEntry, source_of
 
 #: Wrong tokens one connection may send before it is closed.
 MAX_TRIES: Final = 3

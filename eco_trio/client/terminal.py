@@ -31,9 +31,9 @@ from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.keys import Keys
 
-from .interactive import CTRL_C
-from .protocol import carries_token
-from .visible import escape
+from eco_trio.client.interactive import CTRL_C
+from eco_trio.wire.protocol import carries_token
+from eco_trio.wire.visible import escape
 
 #: What Tab completes, with the one-line description its menu shows (as
 #: iredis shows a command's summary), and the syntax the toolbar shows

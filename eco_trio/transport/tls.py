@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from .socket_stream import receive_interrupter
+from eco_trio.transport.socket_stream import receive_interrupter
 
 log = logging.getLogger("eco_trio.server")
 

@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .client import DEFAULT_CLOSE_WAIT, QUIET, Client, SessionEnd
-from .protocol import is_closing_command, is_shutdown_command
+from eco_trio.client.core import DEFAULT_CLOSE_WAIT, QUIET, Client, SessionEnd
+from eco_trio.wire.protocol import is_closing_command, is_shutdown_command
 
 #: A reply later than this marks the prompt.
 OVERDUE = 2.0

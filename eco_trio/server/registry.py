@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .protocol import ServerProtocol
-from .visible import escape_word
+from eco_trio.wire.protocol import ServerProtocol
+from eco_trio.wire.visible import escape_word
 
 OUTBOX_SIZE = 4
 

@@ -1,0 +1,1 @@
+"""``python -m eco_trio bench``: a load generator that checks every reply."""

@@ -1,0 +1,6 @@
+"""The server: its config and listeners, admission, the conversation, the
+registry of clients, tokens, stats, metrics and the log."""
+
+from eco_trio.server.core import Server, ServerConfig, serve
+
+__all__ = ["Server", "ServerConfig", "serve"]
