@@ -7,6 +7,7 @@ time (``autojump_clock``) for timeouts over memory streams, and a
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -78,8 +79,12 @@ class Running:
             yield peer
 
 
+#: The I/O path the servers of this run use (nox runs the suite once per path).
+IO = os.environ.get("ECO_TRIO_IO") or "auto"
+
+
 async def start_server(nursery: trio.Nursery, **options: object) -> Running:
-    config = ServerConfig(**{"host": "127.0.0.1", "port": 0, **options})  # type: ignore[arg-type]
+    config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "io": IO, **options})  # type: ignore[arg-type]
     server = Server(config)
     addresses = await nursery.start(server.serve)
     return Running(server, int(addresses[0].rsplit(":", 1)[1]))

@@ -21,7 +21,7 @@ from eco_trio.client.core import (
 )
 from eco_trio.client.interactive import Link, run_interactive
 
-from .helpers import Peer, start_server
+from .helpers import IO, Peer, start_server
 
 
 async def test_connect_and_request(nursery: trio.Nursery) -> None:
@@ -38,7 +38,7 @@ async def test_connect_and_request(nursery: trio.Nursery) -> None:
 
 
 async def test_serve_is_public_and_startable(nursery: trio.Nursery) -> None:
-    addresses = await nursery.start(eco_trio.serve, eco_trio.ServerConfig(host="127.0.0.1", port=0))
+    addresses = await nursery.start(eco_trio.serve, eco_trio.ServerConfig(host="127.0.0.1", port=0, io=IO))
     port = int(addresses[0].rsplit(":", 1)[1])
     async with eco_trio.connect("127.0.0.1", port) as conn:
         assert await conn.request("x") == "X"

@@ -13,6 +13,7 @@ from eco_trio.wire import protocol
 
 from .helpers import (
     GREETING_PREFIX,
+    IO,
     WAIT,
     Peer,
     Running,
@@ -126,7 +127,7 @@ async def test_desconexion_over_memory_asks_the_server(nursery: trio.Nursery) ->
 
 
 async def test_serve_reports_where_it_listens(nursery: trio.Nursery) -> None:
-    addresses = await nursery.start(Server(ServerConfig(host="127.0.0.1", port=0)).serve)
+    addresses = await nursery.start(Server(ServerConfig(host="127.0.0.1", port=0, io=IO)).serve)
     assert len(addresses) == 1
     host, port = addresses[0].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0
@@ -216,7 +217,7 @@ async def test_desconexion_ends_everything_even_a_client_that_never_reads(nurser
 async def _serve_until_done(nursery: trio.Nursery, **options: float) -> tuple[Running, trio.Event]:
     """A server on a free port (as start_server), and an event set once it
     has stopped."""
-    server = Server(ServerConfig(host="127.0.0.1", port=0, **options))  # type: ignore[arg-type]
+    server = Server(ServerConfig(host="127.0.0.1", port=0, io=IO, **options))  # type: ignore[arg-type]
     done = trio.Event()
 
     async def serve(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import ssl
@@ -499,7 +500,7 @@ def run_server(args: argparse.Namespace) -> int:
             send_timeout=args.send_timeout,
             token=token,
             remote_shutdown=not args.no_remote_shutdown,
-            io=args.io,
+            io=_io_path(args.io),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_ca=args.tls_ca,
@@ -514,7 +515,7 @@ def run_server(args: argparse.Namespace) -> int:
         if config.tls_cert is not None and config.tls_key is not None:
             tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line
     except ValueError as exc:  # tls.TLSFileError among them: it names the file
-        print(f"{args.prog} servidor: error: {exc}", file=sys.stderr)
+        print(f"{args.prog} servidor: error: {_in_flag_words(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     logs.configure(args.log_level, args.log_format, sys.stderr)
     try:
@@ -581,6 +582,23 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
 
 #: What a shell reports for a program ended by a closed pipe (128 + SIGPIPE).
 EXIT_BROKEN_PIPE = 141
+
+
+def _in_flag_words(message: str) -> str:
+    """A library message names settings (``io=portable``); the command
+    line's user knows them as flags (``--io portable``)."""
+    settings = {field.name for field in dataclasses.fields(ServerConfig)}
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match[1], match[2]
+        return f"--{name.replace('_', '-')} {value}" if name in settings else match[0]
+
+    return re.sub(r"\b([a-z_]+)=([\w.:-]+)", flag, message)
+
+
+def _io_path(requested: str) -> str:
+    """--io, where ``auto`` defers to $ECO_TRIO_IO when it is set."""
+    return (os.environ.get("ECO_TRIO_IO") or "auto") if requested == "auto" else requested
 
 
 def _token(args: argparse.Namespace) -> bytes | None:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
-from eco_trio.server.registry import ClientEntry, listing_rows
+from eco_trio.server.registry import ClientEntry, Registry, listing_rows
+from eco_trio.server.stats import Totals
 from eco_trio.transport.socket_stream import (
     ReceiveInterrupted,
     SendTimeout,
@@ -40,8 +42,44 @@ from eco_trio.wire.protocol import (
     Status,
 )
 
-if TYPE_CHECKING:
-    from eco_trio.server.core import Server
+#: A reply the server decides: its lines, and why the conversation ends (None: it goes on).
+Answer = tuple[list[str], str | None]
+
+
+class Limits(Protocol):
+    """The settings a conversation reads."""
+
+    @property
+    def max_line(self) -> int: ...
+    @property
+    def pause(self) -> float: ...
+
+
+class Host(Protocol):
+    """What a conversation may ask of its server: its limits, the registry
+    and counters it updates, and the decisions that need the server's state
+    (who may list, see the counters, authenticate, shut down).  The server
+    (``core.Server``) is one; a test can be another.  Depending on this, not
+    on the server, keeps the conversation free of the server's module."""
+
+    registry: Registry
+    totals: Totals
+    #: The idle timeout in force (None: never).
+    idle_timeout: float | None
+
+    @property
+    def config(self) -> Limits: ...
+    @property
+    def shutting_down(self) -> bool: ...
+    def clock(self) -> Callable[[], float]: ...
+    def connection_ended(self, entry: ClientEntry) -> None: ...
+    def listing_refusal(self, entry: ClientEntry) -> str | None: ...
+    def status_lines(self, entry: ClientEntry, token: bytes | None) -> tuple[list[str], str | None]: ...
+    def authenticate(self, entry: ClientEntry, token: bytes | None) -> tuple[list[str], str | None]: ...
+    def shutdown_requested_by(
+        self, entry: ClientEntry, token: bytes | None
+    ) -> tuple[list[str], str | None]: ...
+
 
 log = logging.getLogger("eco_trio.server")
 
@@ -80,7 +118,7 @@ class _Unscoped:
 _UNSCOPED = _Unscoped()
 
 
-async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> None:
+async def serve_connection(server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> None:
     """Talk to one admitted client until either side ends it.
 
     Resource handling: always closes ``stream`` and unregisters ``entry``.
@@ -114,7 +152,7 @@ async def serve_connection(server: Server, stream: trio.abc.HalfCloseableStream,
             await close_at_once(stream)
 
 
-async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> bool:
+async def _converse(server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> bool:
     """The request loop; returns whether to linger on close (we are the side
     that closes, and the peer may still be sending)."""
     config = server.config
@@ -231,7 +269,7 @@ async def _converse(server: Server, stream: trio.abc.HalfCloseableStream, entry:
 
 
 async def _work_off(
-    server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, parser: ServerProtocol
+    server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, parser: ServerProtocol
 ) -> bool | None:
     """Answer the rest of a read turn by turn, letting every other task run
     between turns: one client's pipelined commands cannot hold the server.
@@ -247,7 +285,7 @@ async def _work_off(
 
 
 async def _answer(
-    server: Server,
+    server: Host,
     stream: trio.abc.HalfCloseableStream,
     entry: ClientEntry,
     events: list[Event],
@@ -342,7 +380,7 @@ _FOREIGN = {
 
 
 async def _send_listing(
-    server: Server, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, before: bytes
+    server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, before: bytes
 ) -> None:
     """LISTAR's reply in parts of LISTING_PART rows, each sent before the
     next is built, with a turn for everyone else between parts: its cost

@@ -170,8 +170,6 @@ class ServerConfig:
                 f"tls_handshake_timeout must be greater than 0, not {self.tls_handshake_timeout}"
             )
         if self.metrics is not None:
-            from eco_trio.server.metrics import parse_address
-
             try:
                 parse_address(self.metrics)
             except ValueError as exc:
@@ -410,7 +408,7 @@ class Server:
         )
         endpoint = None
         if config.metrics is not None:
-            from eco_trio.server.metrics import MetricsEndpoint, parse_address
+            from eco_trio.server.metrics import MetricsEndpoint
 
             host, port = parse_address(config.metrics)
             try:
@@ -422,7 +420,7 @@ class Server:
                 for sock, _ in listeners:
                     sock.close()
                 raise
-            endpoint = MetricsEndpoint(self, metrics_socket)
+            endpoint = MetricsEndpoint(self.status, metrics_socket, self.throttled_log(logging.WARNING))
             self.metrics_address = format_address(metrics_socket.getsockname())
             log.info("metrics on http://%s/metrics", self.metrics_address, extra={"event": "metrics"})
         try:
@@ -773,6 +771,15 @@ def idle_timeout_in_force(config: ServerConfig, addresses: list[str]) -> float |
         on_loopback = all(_is_loopback(address) for address in addresses)
         return None if on_loopback else REMOTE_IDLE_TIMEOUT
     return config.idle_timeout or None
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` (loopback when only a port is given), as --metrics takes it."""
+    host, _, port = text.rpartition(":")
+    number = int(port)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port must be between 0 and 65535, not {number}")
+    return (host.strip("[]") or "127.0.0.1"), number
 
 
 def clients_per_ip_in_force(config: ServerConfig, addresses: list[str]) -> int | None:

@@ -25,8 +25,8 @@ import math
 import re
 import socket
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterator, Mapping
+from typing import Final, Protocol
 
 import trio
 from prometheus_client import ProcessCollector
@@ -34,13 +34,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from eco_trio._version import __version__
-from eco_trio.server import logs
 from eco_trio.server.handshakes import PendingPool
-from eco_trio.server.stats import memory, slug
 
-if TYPE_CHECKING:
-    from eco_trio.server.core import Server
+
+class Throttle(Protocol):
+    """A log line noted at most once a second (the server's)."""
+
+    def note(self, message: str, *args: object) -> None: ...
+
 
 log = logging.getLogger("eco_trio.server")
 
@@ -50,67 +51,61 @@ MAX_REQUEST: Final = 8 * 1024
 CACHE_SECONDS: Final = 0.1
 
 
-class ServerCollector(Collector):
-    def __init__(self, server: Server) -> None:
-        self.server = server
+#: ESTADO keys with a label: the prefix, the metric, its help and label.
+_LABELLED: Final = (
+    ("refused_", "eco_trio_refused", "Connections turned away, by cause", "cause"),
+    ("command_", "eco_trio_commands", "Commands received, by name", "command"),
+    ("disconnects_", "eco_trio_disconnects", "Connections ended, by reason", "reason"),
+)
+#: ESTADO keys that are one counter or gauge each.
+_COUNTERS: Final = {
+    "connections_total": ("eco_trio_connections", "Connections admitted"),
+    "lines_in": ("eco_trio_lines_received", "Lines received"),
+    "lines_out": ("eco_trio_lines_sent", "Lines sent"),
+    "bytes_in": ("eco_trio_received_bytes", "Bytes received"),
+    "bytes_out": ("eco_trio_sent_bytes", "Bytes sent"),
+    "log_lines_dropped": (
+        "eco_trio_log_lines_dropped",
+        "Log lines dropped because the log's reader fell behind",
+    ),
+    "wrong_tokens": ("eco_trio_wrong_tokens", "Wrong or throttled tokens"),
+    "tls_handshakes_dropped": ("eco_trio_tls_handshakes_dropped", "TLS handshakes dropped for newer ones"),
+}
+_GAUGES: Final = {
+    "uptime_s": ("eco_trio_uptime_seconds", "Seconds since the server started"),
+    "clients": ("eco_trio_clients", "Clients connected now"),
+    "tls_handshakes_pending": ("eco_trio_tls_handshakes_pending", "TLS connections in their handshake"),
+    "rss_bytes": ("eco_trio_resident_memory_bytes", "Resident memory"),
+}
+
+
+class StatusCollector(Collector):
+    """The metrics, read from ``status()`` (ESTADO's own pairs) at scrape
+    time: the two views cannot disagree, and the collector knows nothing of
+    the server but that one call."""
+
+    def __init__(self, status: Callable[[], Mapping[str, object]]) -> None:
+        self.status = status
 
     def collect(self) -> Iterator[Metric]:
-        server, totals = self.server, self.server.totals
-        live = server.registry.snapshot()
+        pairs = self.status()
         info = GaugeMetricFamily(
             "eco_trio_info", "eco_trio's version and I/O path", labels=["version", "io_path"]
         )
-        info.add_metric([__version__, server.io_path], 1)
+        info.add_metric([str(pairs.get("version", "")), str(pairs.get("io_path", ""))], 1)
         yield info
-        yield GaugeMetricFamily(
-            "eco_trio_uptime_seconds",
-            "Seconds since the server started",
-            value=time.monotonic() - totals.started_at,
-        )
-        yield GaugeMetricFamily("eco_trio_clients", "Clients connected now", value=len(live))
-        yield CounterMetricFamily("eco_trio_connections", "Connections admitted", value=totals.connections)
-        refused = CounterMetricFamily(
-            "eco_trio_refused", "Connections turned away, by cause", labels=["cause"]
-        )
-        # Label values are ESTADO's words (refused_http: cause="http").
-        for cause, count in dict(totals.refused).items():
-            refused.add_metric([slug(cause)], count)
-        yield refused
-        counts = totals.snapshot(live)
-        for key, name, description in (
-            ("lines_in", "eco_trio_lines_received", "Lines received"),
-            ("lines_out", "eco_trio_lines_sent", "Lines sent"),
-            ("bytes_in", "eco_trio_received_bytes", "Bytes received"),
-            ("bytes_out", "eco_trio_sent_bytes", "Bytes sent"),
-        ):
-            yield CounterMetricFamily(name, description, value=counts[key])
-        commands = CounterMetricFamily("eco_trio_commands", "Commands received, by name", labels=["command"])
-        for command, count in dict(totals.commands).items():
-            commands.add_metric([slug(command)], count)
-        yield commands
-        disconnects = CounterMetricFamily(
-            "eco_trio_disconnects", "Connections ended, by reason", labels=["reason"]
-        )
-        for reason, count in dict(totals.disconnects).items():
-            disconnects.add_metric([slug(reason)], count)
-        yield disconnects
-        yield CounterMetricFamily(
-            "eco_trio_log_lines_dropped",
-            "Log lines dropped because the log's reader fell behind",
-            value=logs.dropped_lines(),
-        )
-        current, _ = memory()
-        if current is not None:
-            yield GaugeMetricFamily("eco_trio_resident_memory_bytes", "Resident memory", value=current)
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``[HOST:]PORT`` (loopback when only a port is given)."""
-    host, _, port = text.rpartition(":")
-    number = int(port)
-    if not 0 <= number <= 65535:
-        raise ValueError(f"port must be between 0 and 65535, not {number}")
-    return (host.strip("[]") or "127.0.0.1"), number
+        for key, (name, description) in _COUNTERS.items():
+            if isinstance(value := pairs.get(key), int):
+                yield CounterMetricFamily(name, description, value=value)
+        for key, (name, description) in _GAUGES.items():
+            if isinstance(value := pairs.get(key), int | float):
+                yield GaugeMetricFamily(name, description, value=value)
+        for prefix, name, description, label in _LABELLED:
+            family = CounterMetricFamily(name, description, labels=[label])
+            for key, value in pairs.items():
+                if key.startswith(prefix) and isinstance(value, int):
+                    family.add_metric([key.removeprefix(prefix)], value)  # ESTADO's word, snake_case
+            yield family
 
 
 # --- the HTTP, sans-IO ---------------------------------------------------------
@@ -155,16 +150,21 @@ def _head(status: int, reason: str, content_type: str, length: int, extra: str =
 class MetricsEndpoint:
     """``/metrics`` on one listening socket, in the server's trio run."""
 
-    def __init__(self, server: Server, listener: socket.socket) -> None:
+    def __init__(
+        self,
+        status: Callable[[], Mapping[str, object]],
+        listener: socket.socket,
+        problems: Throttle,
+    ) -> None:
         self.listener = listener
         self._registry = CollectorRegistry(auto_describe=False)
-        self._registry.register(ServerCollector(server))
+        self._registry.register(StatusCollector(status))
         # process_cpu_seconds_total, process_open_fds, ...: prometheus_client's own (Linux).
         ProcessCollector(registry=self._registry)
         self._connections = PendingPool(MAX_CONNECTIONS)
         self._text = b""
         self._built_at = -math.inf
-        self._problems = server.throttled_log(logging.WARNING)
+        self._problems = problems
 
     def body(self) -> bytes:
         now = time.monotonic()

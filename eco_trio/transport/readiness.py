@@ -17,7 +17,6 @@ everything above it do not know which one they run on.
 from __future__ import annotations
 
 import logging
-import os
 import select
 import socket
 from collections.abc import Callable
@@ -110,16 +109,15 @@ class TrioReadiness:
 
 def io_path(requested: str = "auto") -> str:
     """``"epoll"`` or ``"portable"`` for a requested path: ``auto`` means
-    ``$ECO_TRIO_IO`` if set, else epoll wherever it exists.  Raises
-    ValueError for an unknown name or for epoll where there is none."""
-    if requested == "auto":
-        requested = os.environ.get("ECO_TRIO_IO", "auto") or "auto"
+    epoll wherever it exists.  Raises ValueError for an unknown name or for
+    epoll where there is none.  (The command line turns ``$ECO_TRIO_IO``
+    into a request; library code reads no environment.)"""
     if requested not in IO_PATHS:
         raise ValueError(f"unknown I/O path {requested!r} (choose from {', '.join(IO_PATHS)})")
     if requested == "auto":
         return "epoll" if EPOLL_AVAILABLE else "portable"
     if requested == "epoll" and not EPOLL_AVAILABLE:
-        raise ValueError("the epoll I/O path needs Linux; use --io portable")
+        raise ValueError("the epoll I/O path needs Linux; use io=portable")
     return requested
 
 
