@@ -45,7 +45,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             source = inspect.getsource(function)
         except (OSError, TypeError):
             continue
-        if any(call in source for call in _SUBPROCESS_CALLS) or "terminal" in getattr(
-            item, "fixturenames", ()
-        ):
+        starts_a_process = any(call in source for call in _SUBPROCESS_CALLS)
+        if starts_a_process or "terminal" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+        if item.path.name == "test_portable.py":
+            item.add_marker(pytest.mark.portable_path)
