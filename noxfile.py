@@ -32,6 +32,17 @@ def tests(session: nox.Session, io: str) -> None:
 
 
 @nox.session
+def tests_trio_latest(session: nox.Session) -> None:
+    """The scheduling and stream tests on the newest trio, past the pin in
+    pyproject.toml: what to run before moving it (--fifo and the streams
+    touch trio most closely)."""
+    session.install("-e", ".[test]")
+    session.install("--upgrade", "--no-deps", "trio")
+    session.run("python", "-c", "import trio; print('trio', trio.__version__)")
+    session.run("pytest", "tests/test_scheduling.py", "tests/test_socket_stream.py", *session.posargs)
+
+
+@nox.session
 def fast(session: nox.Session) -> None:
     """Everything but the end-to-end tests (subprocesses, tmux, openssl):
     the loop to run while working."""
