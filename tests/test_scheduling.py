@@ -9,8 +9,7 @@ import pytest
 import trio
 from trio._core import _run
 
-from eco_trio.transport.fifo import fifo_order
-from eco_trio.transport.scheduling import schedule_point
+from eco_trio.transport.scheduling import fifo_order, schedule_point
 
 TASKS, PASSES = 10, 40
 
@@ -98,16 +97,18 @@ async def test_schedule_point_is_not_a_cancel_point() -> None:
     assert reached
 
 
-def test_the_bare_turn_is_trios_public_one() -> None:
-    # trio's contract: public API on every path that runs by default.
-    assert schedule_point is trio.lowlevel.cancel_shielded_checkpoint
+def test_this_trio_gets_the_bare_turn_not_its_public_fallback() -> None:
+    # The fallback works but costs what the bare turn saves: a trio that no
+    # longer has the message fails here rather than quietly losing the gain.
+    assert schedule_point is not trio.lowlevel.cancel_shielded_checkpoint
 
 
 #: Run as production runs: a fresh interpreter, without pytest's plugins
-#: (hypothesis's sends trio down another branch of its scheduler).
+#: (hypothesis's sends trio down another branch of its scheduler, so the
+#: tests above never see the one the server uses).
 _PRODUCTION_ORDER = """
 import sys, trio
-from eco_trio.transport.fifo import fifo_order
+from eco_trio.transport.scheduling import fifo_order
 turns = []
 async def task(number):
     for _ in range(40):
@@ -125,8 +126,8 @@ print(arranged, all(order == passes[1] for order in passes[1:]), "hypothesis" in
 
 
 def test_fifo_order_holds_on_the_branch_production_runs() -> None:
-    """Strictly first in, first out in every pass, as the server runs it
-    with --fifo; a trio that changes its scheduler fails here."""
+    """Strictly first in, first out in every pass, as the server runs; a
+    trio that changes its scheduler fails here."""
     result = subprocess.run(
         [sys.executable, "-c", _PRODUCTION_ORDER], capture_output=True, text=True, timeout=30, check=True
     )

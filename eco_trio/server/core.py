@@ -502,12 +502,16 @@ class Server:
         fd = listener.fileno()
         readiness.register(listener)
         abort = readiness.aborter(fd)
+        # socket.accept() converts the family and type to enums for every
+        # new socket; the plain numbers are the same for all of them.
+        kind = (int(listener.family), int(listener.type), listener.proto)
         while True:
             await readiness.wait_readable(fd, abort)
             accepted = 0
             while True:
                 try:
-                    sock, peer = listener.accept()
+                    new_fd, peer = listener._accept()  # type: ignore[attr-defined]
+                    sock = socket.socket(*kind, new_fd)
                 except BlockingIOError:
                     break
                 except OSError as exc:
