@@ -23,7 +23,8 @@ if TYPE_CHECKING:
         connect,
         open_client,
     )
-    from eco_trio.server.core import Server, ServerConfig, serve
+    from eco_trio.server.config import ServerConfig
+    from eco_trio.server.core import Server, serve
 
 _HOMES = {
     **dict.fromkeys(

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import trio
 import trio.testing
 
+from eco_trio.server.config import ServerConfig
 from eco_trio.server.connection import serve_connection
-from eco_trio.server.core import Server, ServerConfig
+from eco_trio.server.core import Server
 
 #: Bound on any single wait on a real socket.
 WAIT = 5.0

@@ -10,7 +10,8 @@ import trio
 import trio.testing
 
 from eco_trio.server import auth
-from eco_trio.server.core import Server, ServerConfig
+from eco_trio.server.config import ServerConfig
+from eco_trio.server.core import Server
 
 from .helpers import GREETING_PREFIX, Peer, memory_peer
 

@@ -11,7 +11,8 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio.server.core import REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig, clients_per_ip_in_force
+from eco_trio.server.config import REMOTE_MAX_CLIENTS_PER_IP, ServerConfig, clients_per_ip_in_force
+from eco_trio.server.core import Server
 from eco_trio.wire import protocol, telnet
 from eco_trio.wire.protocol import Reply, ServerProtocol
 

@@ -10,7 +10,8 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from eco_trio.server.core import Server, ServerConfig
+from eco_trio.server.config import ServerConfig
+from eco_trio.server.core import Server
 from eco_trio.transport.readiness import EPOLL_AVAILABLE
 from eco_trio.wire.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, Status, _command
 

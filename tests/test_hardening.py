@@ -15,7 +15,8 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio.server.core import Server, ServerConfig, exposure_warning
+from eco_trio.server.config import ServerConfig, exposure_warning
+from eco_trio.server.core import Server
 from eco_trio.wire import protocol
 
 from .helpers import (

@@ -8,7 +8,9 @@ import pytest
 import trio
 import trio.testing
 
-from eco_trio.server.core import Server, ServerConfig, open_listeners
+from eco_trio.server.config import ServerConfig
+from eco_trio.server.core import Server
+from eco_trio.server.listeners import open_listeners
 from eco_trio.wire import protocol
 
 from .helpers import (

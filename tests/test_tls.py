@@ -192,7 +192,7 @@ async def test_desconexion_by_certificate(nursery: trio.Nursery, pki: Pki) -> No
     ],
 )
 def test_tls_options_that_cannot_work_are_refused(options: dict[str, object]) -> None:
-    from eco_trio.server.core import ServerConfig
+    from eco_trio.server.config import ServerConfig
 
     with pytest.raises(ValueError, match="tls"):
         ServerConfig(**options)  # type: ignore[arg-type]

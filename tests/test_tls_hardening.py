@@ -14,7 +14,7 @@ import trio
 import trustme
 
 from eco_trio.client.core import Client, open_client
-from eco_trio.server.core import ServerConfig
+from eco_trio.server.config import ServerConfig
 from eco_trio.server.handshakes import Handshakes, RateBound
 from eco_trio.transport import tls
 from eco_trio.wire.visible import escape, escape_word

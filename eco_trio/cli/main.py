@@ -39,7 +39,8 @@ from eco_trio.client.core import (
 from eco_trio.client.interactive import Link, run_interactive
 from eco_trio.client.terminal import input_chunks, open_prompt, print_line, write_lines
 from eco_trio.server import logs, open_files
-from eco_trio.server.core import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, Server, ServerConfig
+from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig
+from eco_trio.server.core import Server
 from eco_trio.server.registry import format_address
 from eco_trio.transport import scheduling, tls
 from eco_trio.transport.readiness import IO_PATHS

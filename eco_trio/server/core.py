@@ -1,4 +1,7 @@
-"""The eco_trio server: listeners, the connection nursery and shutdown.
+"""The eco_trio server: the accept loop and admission, the connection
+nursery, shutdown, and the decisions that need the server's state (who may
+list, see the counters, authenticate, shut down).  Its settings are in
+``config.py``, its sockets in ``listeners.py``.
 
 Structure: every connection task runs in one nursery under one shared
 ``CancelScope``.  Shutting down (DESCONEXION, SIGINT, SIGTERM: one path)
@@ -11,27 +14,39 @@ their notice close by themselves; whatever is still running at the deadline
 from __future__ import annotations
 
 import contextlib
-import errno
-import ipaddress
 import logging
 import math
 import os
 import socket
 import ssl
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Final
 
 import trio
 
 from eco_trio._version import __version__
-from eco_trio.server import auth, handshakes, logs
+from eco_trio.server import auth, logs
 from eco_trio.server.auth import TokenGuard, Verdict
+from eco_trio.server.config import (
+    ServerConfig,
+    clients_per_ip_in_force,
+    exposure_warning,
+    idle_timeout_in_force,
+    is_loopback,
+    parse_address,
+)
 from eco_trio.server.connection import serve_connection
 from eco_trio.server.handshakes import Handshakes
+from eco_trio.server.listeners import (
+    ACCEPT_BACKOFF,
+    CONNECTION_ACCEPT_ERRORS,
+    OPTIONS_INHERITED,
+    open_listeners,
+    refuse,
+    tune,
+)
 from eco_trio.server.registry import ClientEntry, Registry, format_address
 from eco_trio.server.stats import Totals, memory, slug
 from eco_trio.transport import tls
@@ -45,22 +60,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("eco_trio.server")
 
-#: accept() errors that mean only that one connection failed (the list trio's
-#: SocketListener skips): Linux reports a firewall's refusal as EPERM, and
-#: pending network errors of the new connection come out of accept too.
-_CONNECTION_ACCEPT_ERRORS = {
-    getattr(errno, name)
-    for name in (
-        "EPERM", "ECONNABORTED", "EPROTO", "ENETDOWN", "ENOPROTOOPT", "EHOSTDOWN", "ENONET",
-        "EHOSTUNREACH", "EOPNOTSUPP", "ENETUNREACH", "ENOSR", "ESOCKTNOSUPPORT",
-        "EPROTONOSUPPORT", "ETIMEDOUT", "ECONNRESET",
-    )
-    if hasattr(errno, name)
-}  # fmt: skip
-#: Any other accept() error (out of file descriptors or memory, above all)
-#: makes the loop wait this long before trying again, as trio's
-#: serve_listeners does: the server must neither stop nor spin.
-_ACCEPT_BACKOFF = 0.1
 #: The causes ESTADO always shows a refusal count for (0 when none).
 _REFUSALS = (
     "full",
@@ -70,112 +69,7 @@ _REFUSALS = (
     "plain text on the TLS port",
     "TLS handshake",
 )
-#: Idle timeout when listening beyond loopback and none was chosen: a slot
-#: held by a silent client is freed after this long (nginx closes a silent
-#: client after 60 s; an interactive line session deserves longer).
-REMOTE_IDLE_TIMEOUT = 300.0
-#: Clients from one address when listening beyond loopback and no limit was
-#: chosen (nginx's limit_conn, set by default): one address cannot take all
-#: of --max-clients.
-REMOTE_MAX_CLIENTS_PER_IP = 64
 _ACCEPT_BATCH = 64
-_KEEPALIVE_IDLE = 60
-_KEEPALIVE_INTERVAL = 15
-_KEEPALIVE_PROBES = 4
-#: Whether accepted sockets inherit the listener's TCP options (Linux does).
-_OPTIONS_INHERITED = sys.platform.startswith("linux")
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    host: str = "localhost"
-    port: int = 5000
-    #: Seconds connections get to say goodbye once shutdown starts.
-    grace: float = 2.0
-    #: Seconds of silence after which an unterminated fragment counts as a line.
-    pause: float = 0.1
-    max_line: int = protocol.DEFAULT_MAX_LINE
-    max_clients: int = 1000
-    #: Clients at once from one address (an IPv6 one: its /64).  None: none
-    #: on loopback, REMOTE_MAX_CLIENTS_PER_IP when listening beyond it; 0: no limit.
-    max_clients_per_ip: int | None = None
-    #: Close a connection after this long without a complete line.  0: never;
-    #: None: never on loopback, REMOTE_IDLE_TIMEOUT when listening beyond it.
-    idle_timeout: float | None = None
-    #: Close a connection that takes none of our data for this long.
-    send_timeout: float = 30.0
-    #: Required after DESCONEXION when set (any bytes but whitespace; a str is
-    #: taken as UTF-8); without it only loopback peers may.
-    token: bytes | str | None = None
-    remote_shutdown: bool = True
-    backlog: int = 1024
-    #: The I/O path: "auto" ($ECO_TRIO_IO, else epoll where it exists),
-    #: "epoll" (Linux) or "portable" (trio's own I/O, everywhere).
-    io: str = "auto"
-    #: With a certificate and its key, ``port`` speaks TLS.
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    #: CA file or directory: clients must present a certificate it signed.
-    tls_ca: str | None = None
-    tls_handshake_timeout: float = tls.DEFAULT_HANDSHAKE_TIMEOUT
-    #: Certificate names, ``FIELD=value`` (CN=, DNS=, email=, URI=, IP=),
-    #: whose holders may send DESCONEXION without the token (needs tls_ca).
-    tls_admin: tuple[str, ...] = ()
-    #: TLS connections in their handshake at once (apart from max_clients;
-    #: past it the oldest is dropped), and handshakes started per second, in
-    #: all and per client address (0: no bound).  See handshakes.py.
-    max_handshakes: int = handshakes.DEFAULT_LIMIT
-    handshake_rate: float = handshakes.DEFAULT_RATE
-    handshake_rate_per_ip: float = handshakes.DEFAULT_RATE_PER_SOURCE
-    #: With TLS, a plain-text listener on this port too (None: none).
-    plain_port: int | None = None
-    #: Serve Prometheus metrics on this ``[HOST:]PORT`` (None: no).
-    metrics: str | None = None
-
-    def __post_init__(self) -> None:
-        positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be greater than 0, not {value}")
-        if self.idle_timeout is not None and not self.idle_timeout >= 0:
-            raise ValueError(f"idle_timeout must be 0 (never) or more, not {self.idle_timeout}")
-        if isinstance(self.token, str):
-            object.__setattr__(self, "token", self.token.encode("utf-8", "surrogateescape"))
-        if self.token is not None and (not self.token or self.token.split() != [self.token]):
-            raise ValueError("the token must be one word: not empty, no spaces or line breaks")
-        if self.token is not None and 0xFF in self.token:
-            raise ValueError("the token cannot contain byte 255, which telnet clients send as a command")
-        if self.max_clients_per_ip is not None and self.max_clients_per_ip < 0:
-            raise ValueError(
-                f"max_clients_per_ip must be 0 (no limit) or more, not {self.max_clients_per_ip}"
-            )
-        if self.max_line < 1 or self.max_clients < 1:
-            raise ValueError("max_line and max_clients must be at least 1")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be between 0 and 65535, not {self.port}")
-        io_path(self.io)  # an unknown or unavailable path is refused here, not mid-start
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("--tls-cert and --tls-key go together")
-        if self.tls_cert is None and (self.tls_ca or self.tls_admin or self.plain_port is not None):
-            raise ValueError("--tls-ca, --tls-admin and --plain-port need --tls-cert and --tls-key")
-        object.__setattr__(self, "tls_admin", tuple(tls.parse_admin(name) for name in self.tls_admin))
-        if self.max_handshakes < 1:
-            raise ValueError(f"max_handshakes must be at least 1, not {self.max_handshakes}")
-        if not (self.handshake_rate >= 0 and self.handshake_rate_per_ip >= 0):
-            raise ValueError("handshake rates must be 0 (no bound) or more")
-        if self.tls_admin and self.tls_ca is None:
-            raise ValueError("--tls-admin needs --tls-ca: only verified client certificates carry names")
-        if not self.tls_handshake_timeout > 0:
-            raise ValueError(
-                f"tls_handshake_timeout must be greater than 0, not {self.tls_handshake_timeout}"
-            )
-        if self.metrics is not None:
-            try:
-                parse_address(self.metrics)
-            except ValueError as exc:
-                raise ValueError(f"--metrics takes [HOST:]PORT, not {self.metrics!r}: {exc}") from None
-        if self.plain_port is not None and not 0 <= self.plain_port <= 65535:
-            raise ValueError(f"plain_port must be between 0 and 65535, not {self.plain_port}")
 
 
 class Server:
@@ -288,7 +182,7 @@ class Server:
         clients beyond loopback must prove it first (Redis asks for AUTH
         before CLIENT LIST); loopback and token-less servers keep the
         seed's plain LISTAR."""
-        if not self.tokens.required or entry.authenticated or _is_loopback(entry.address):
+        if not self.tokens.required or entry.authenticated or is_loopback(entry.address):
             return None
         if tls.admin_name(entry.certificate_names, self.config.tls_admin) is not None:
             return None
@@ -351,7 +245,7 @@ class Server:
         elif self.tokens.required:
             if (refusal := self._check_token(entry, token, "DESCONEXION")) is not None:
                 return [refusal[0]], refusal[1]
-        elif not _is_loopback(entry.address):
+        elif not is_loopback(entry.address):
             self._wrong_tokens.note("DESCONEXION refused from %s: not a loopback peer", entry.address)
             return [
                 "ERROR DESCONEXION solo se acepta desde localhost; arranca el servidor "
@@ -515,21 +409,21 @@ class Server:
                 except BlockingIOError:
                     break
                 except OSError as exc:
-                    if exc.errno in _CONNECTION_ACCEPT_ERRORS:
+                    if exc.errno in CONNECTION_ACCEPT_ERRORS:
                         self._skipped_accepts.note("a connection failed as it was accepted: %s", exc)
                         continue
-                    self._failed_accepts.note("accept failed: %s; retrying every %g s", exc, _ACCEPT_BACKOFF)
-                    await trio.sleep(_ACCEPT_BACKOFF)
+                    self._failed_accepts.note("accept failed: %s; retrying every %g s", exc, ACCEPT_BACKOFF)
+                    await trio.sleep(ACCEPT_BACKOFF)
                     continue
                 address = format_address(peer)
-                if not _OPTIONS_INHERITED:
-                    _tune(sock)
+                if not OPTIONS_INHERITED:
+                    tune(sock)
                 if context is not None:
                     # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(self._serve_tls, stream, address, context, name=_TASK_NAME)
                 elif isinstance(entry := self._admit(address), bytes):
-                    _refuse(sock, entry)
+                    refuse(sock, entry)
                 else:
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(serve_connection, self, stream, entry, name=_TASK_NAME)
@@ -635,22 +529,6 @@ _REFUSAL_WAIT = 1.0
 _TASK_NAME: Final = "eco_trio.connection"
 
 
-def _refuse(sock: socket.socket, line: bytes) -> None:
-    """Say why and close at once: a storm of refused connections must not
-    hold file descriptors.  A new socket's send buffer is empty, so the line
-    goes out without waiting; reading what the client already sent keeps
-    the close from becoming a reset that could destroy that line."""
-    try:
-        sock.setblocking(False)
-        if line:
-            sock.send(line)
-        sock.recv(65536)
-    except OSError:
-        pass  # nothing there to read, or the client is already gone
-    finally:
-        sock.close()
-
-
 class _Throttled:
     """A log line for something that can happen thousands of times a second
     (refusals, accept errors): at most one a second, each with how many
@@ -686,28 +564,6 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
-def _tune(sock: socket.socket) -> None:
-    """Connection socket options: no Nagle delay on replies, and TCP
-    keepalive so a peer that vanished without a FIN (a half-open connection)
-    is found within about two minutes, not the kernel's default two hours.
-
-    Set on each listener; Linux copies them to every accepted socket, which
-    saves five system calls per connection.  Elsewhere they are set again on
-    each connection (see ``_OPTIONS_INHERITED``)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    # Linux, recent macOS and Windows 10 have these; where one is missing or
-    # refused, the OS default applies.
-    for name, value in (
-        ("TCP_KEEPIDLE", _KEEPALIVE_IDLE),
-        ("TCP_KEEPINTVL", _KEEPALIVE_INTERVAL),
-        ("TCP_KEEPCNT", _KEEPALIVE_PROBES),
-    ):
-        if hasattr(socket, name):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
-
-
 async def serve(
     config: ServerConfig | None = None,
     *,
@@ -719,105 +575,3 @@ async def serve(
     bound ``ip:port`` strings once the server listens.
     """
     await Server(config).serve(task_status=task_status)
-
-
-async def open_listeners(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Non-blocking listening sockets for every address ``host`` resolves to.
-
-    With port 0 and several addresses, all listeners share the first one's
-    port when it is free on the others, so one number reaches them all.
-    """
-    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    seen: set[tuple[int, object]] = set()
-    listeners: list[socket.socket] = []
-    try:
-        for family, type_, proto, _, sockaddr in infos:
-            if (family, sockaddr[0]) in seen:
-                continue
-            seen.add((family, sockaddr[0]))
-            if port == 0 and listeners:
-                shared = listeners[0].getsockname()[1]
-                sockaddr = (sockaddr[0], shared, *sockaddr[2:])
-            sock = socket.socket(family, type_, proto)
-            listeners.append(sock)
-            if sys.platform != "win32":
-                # Restart at once on a port in TIME_WAIT.  On Windows the same
-                # option lets another process steal a port in use (as trio's
-                # open_tcp_listeners notes), and immediate reuse is the default.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(sockaddr)
-            except OSError as exc:
-                if port == 0 and exc.errno == errno.EADDRINUSE:
-                    sock.bind((sockaddr[0], 0, *sockaddr[2:]))
-                else:
-                    # The address goes in filename: the caller names the one that failed.
-                    raise OSError(exc.errno, exc.strerror, format_address(sockaddr)) from None
-            _tune(sock)
-            sock.listen(backlog)
-            sock.setblocking(False)
-    except BaseException:
-        for sock in listeners:
-            sock.close()
-        raise
-    return listeners
-
-
-def idle_timeout_in_force(config: ServerConfig, addresses: list[str]) -> float | None:
-    """The idle timeout for a server bound to ``addresses`` (None: never)."""
-    if config.idle_timeout is None:
-        on_loopback = all(_is_loopback(address) for address in addresses)
-        return None if on_loopback else REMOTE_IDLE_TIMEOUT
-    return config.idle_timeout or None
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``[HOST:]PORT`` (loopback when only a port is given), as --metrics takes it."""
-    host, _, port = text.rpartition(":")
-    number = int(port)
-    if not 0 <= number <= 65535:
-        raise ValueError(f"port must be between 0 and 65535, not {number}")
-    return (host.strip("[]") or "127.0.0.1"), number
-
-
-def clients_per_ip_in_force(config: ServerConfig, addresses: list[str]) -> int | None:
-    """The per-address client limit for a server bound to ``addresses``
-    (None: no limit)."""
-    if config.max_clients_per_ip is None:
-        if all(_is_loopback(address) for address in addresses):
-            return None
-        return min(REMOTE_MAX_CLIENTS_PER_IP, config.max_clients)
-    return config.max_clients_per_ip or None
-
-
-def exposure_warning(addresses: list[str], config: ServerConfig) -> str | None:
-    """What to tell the operator when others can reach the server: who may
-    shut it down, and how long a silent client may hold a slot."""
-    if all(_is_loopback(address) for address in addresses):
-        return None
-    notes = []
-    if config.token is None and config.remote_shutdown:
-        notes.append(
-            "DESCONEXION is accepted from loopback peers only (set --token to allow it "
-            "elsewhere, --no-remote-shutdown to refuse it)"
-        )
-    if config.idle_timeout is None:
-        notes.append(
-            f"silent clients are closed after {REMOTE_IDLE_TIMEOUT:g} s (--idle-timeout; 0 keeps "
-            "them forever, and each holds one of --max-clients)"
-        )
-    elif config.idle_timeout == 0:
-        notes.append("silent clients are never closed (--idle-timeout 0): each holds one of --max-clients")
-    if not notes:
-        return None
-    return "listening beyond loopback: " + "; ".join(notes)
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
