@@ -9,17 +9,9 @@ import trio
 import trio.testing
 
 import eco_trio
-from eco_trio.client.core import (
-    Client,
-    ClientUnusable,
-    ServerRefused,
-    SessionEnd,
-    _closing_cut,
-    open_client,
-    run_messages,
-    run_piped,
-)
+from eco_trio.client.core import Client, ClientUnusable, ServerRefused, open_client
 from eco_trio.client.interactive import Link, run_interactive
+from eco_trio.client.sessions import SessionEnd, _closing_cut, run_messages, run_piped
 
 from .helpers import IO, Peer, start_server
 

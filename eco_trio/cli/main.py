@@ -24,19 +24,21 @@ import trio
 from eco_trio._version import __version__
 from eco_trio.bench.core import MODES, BenchConfig, format_result, run_bench
 from eco_trio.client.core import (
-    DEFAULT_CLOSE_WAIT,
     DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_REPLY_TIMEOUT,
     Client,
     ConnectionClosed,
     HandshakeFailed,
     ServerRefused,
-    SessionEnd,
     open_client,
+)
+from eco_trio.client.interactive import Link, run_interactive
+from eco_trio.client.sessions import (
+    DEFAULT_CLOSE_WAIT,
+    DEFAULT_REPLY_TIMEOUT,
+    SessionEnd,
     run_messages,
     run_piped,
 )
-from eco_trio.client.interactive import Link, run_interactive
 from eco_trio.client.terminal import input_chunks, open_prompt, print_line, write_lines
 from eco_trio.server import logs, open_files
 from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig

@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from eco_trio.client.core import DEFAULT_CLOSE_WAIT, QUIET, Client, SessionEnd
+from eco_trio.client.core import Client
+from eco_trio.client.sessions import DEFAULT_CLOSE_WAIT, QUIET, SessionEnd
 from eco_trio.wire.protocol import is_closing_command, is_shutdown_command
 
 #: A reply later than this marks the prompt.
