@@ -18,19 +18,16 @@ from __future__ import annotations
 
 import enum
 import hmac
-import math
 from typing import Final
 
-from eco_trio.server.handshakes import RateBound
-from eco_trio.server.registry import ClientEntry, source_of
+from eco_trio.server.handshakes import PerSource
+from eco_trio.server.registry import ClientEntry
 
 #: Wrong tokens one connection may send before it is closed.
 MAX_TRIES: Final = 3
 #: Wrong tokens accepted per second from one address, and at once.
 FAILURES_PER_SECOND: Final = 1.0
 FAILURE_BURST: Final = 5.0
-#: Addresses whose bound is full again are forgotten this often.
-_SWEEP_EVERY: Final = 60.0
 
 
 class Verdict(enum.Enum):
@@ -49,8 +46,7 @@ class TokenGuard:
 
     def __init__(self, token: bytes | None) -> None:
         self.token = token
-        self._sources: dict[str, RateBound] = {}
-        self._swept_at = -math.inf
+        self._failures = PerSource(FAILURES_PER_SECOND, FAILURE_BURST)
         #: Wrong or throttled tokens since the start (ESTADO).
         self.failures = 0
 
@@ -65,24 +61,13 @@ class TokenGuard:
             return Verdict.ACCEPTED
         if token is None:
             return Verdict.MISSING
-        source = source_of(entry.address)
-        bound = self._sources.get(source)
+        bound = self._failures.get(entry.address)
         if bound is not None and not bound.available(now):
             self.failures += 1
             return Verdict.THROTTLED
-        if token is not None and hmac.compare_digest(token, self.token):
+        if hmac.compare_digest(token, self.token):
             return Verdict.ACCEPTED
         self.failures += 1
-        if bound is None:
-            self._sweep(now)
-            bound = self._sources[source] = RateBound(FAILURES_PER_SECOND, FAILURE_BURST)
-        bound.reserve(now)
+        self._failures.bound(entry.address, now).reserve(now)
         entry.auth_failures += 1
         return Verdict.WRONG_LAST if entry.auth_failures >= MAX_TRIES else Verdict.WRONG
-
-    def _sweep(self, now: float) -> None:
-        if now - self._swept_at < _SWEEP_EVERY and len(self._sources) < 4096:
-            return
-        self._swept_at = now
-        for source in [s for s, bound in self._sources.items() if bound.idle_since(now)]:
-            del self._sources[source]

@@ -30,12 +30,14 @@ from collections.abc import Callable
 
 import trio
 
+from eco_trio.server.registry import source_of
+
 #: Pending handshakes at once (OpenSSH's MaxStartups is 100 at most).
 DEFAULT_LIMIT = 128
 #: Handshakes started per second, in all and from one address (0: no bound).
 DEFAULT_RATE = 200.0
 DEFAULT_RATE_PER_SOURCE = 50.0
-#: Per-source buckets are swept (the full ones forgotten) this often, or
+#: Per-source bounds are swept (the full ones forgotten) this often, or
 #: sooner when there are this many.
 _SOURCE_MEMORY = 60.0
 _MAX_SOURCES = 4096
@@ -65,6 +67,39 @@ class RateBound:
 
     def idle_since(self, now: float) -> bool:
         return self._theoretical < now
+
+
+class PerSource:
+    """A :class:`RateBound` for each client source (``source_of``: the
+    address, an IPv6 one by its /64), made on first use.  Sources whose
+    bound is full again are forgotten every _SOURCE_MEMORY seconds, or
+    sooner past _MAX_SOURCES, so a scan of many addresses does not grow
+    memory for good."""
+
+    def __init__(self, rate: float, burst: float | None = None) -> None:
+        self._rate, self._burst = rate, burst
+        self._bounds: dict[str, RateBound] = {}
+        self._swept_at = -math.inf
+
+    def get(self, address: str) -> RateBound | None:
+        """The bound of ``address``'s source, if it has one."""
+        return self._bounds.get(source_of(address))
+
+    def bound(self, address: str, now: float) -> RateBound:
+        """The bound of ``address``'s source, made if need be."""
+        source = source_of(address)
+        bound = self._bounds.get(source)
+        if bound is None:
+            self._sweep(now)
+            bound = self._bounds[source] = RateBound(self._rate, self._burst)
+        return bound
+
+    def _sweep(self, now: float) -> None:
+        if now - self._swept_at < _SOURCE_MEMORY and len(self._bounds) < _MAX_SOURCES:
+            return
+        self._swept_at = now
+        for source in [s for s, bound in self._bounds.items() if bound.idle_since(now)]:
+            del self._bounds[source]
 
 
 class Pending:
@@ -133,29 +168,12 @@ class Handshakes(PendingPool):
     ) -> None:
         super().__init__(limit)
         self._rate = RateBound(rate)
-        self._rate_per_source = rate_per_source
-        self._sources: dict[str, RateBound] = {}
+        self._per_source = PerSource(rate_per_source)
         self._clock = clock
-        self._swept_at = -math.inf
 
     async def wait_turn(self, address: str) -> None:
         """Wait until a handshake from ``address`` may start (the rates)."""
         now = self._clock()
-        host = address.rsplit(":", 1)[0]
-        source = self._sources.get(host)
-        if source is None:
-            self._sweep(now)
-            source = self._sources[host] = RateBound(self._rate_per_source)
-        delay = max(source.reserve(now), self._rate.reserve(now))
+        delay = max(self._per_source.bound(address, now).reserve(now), self._rate.reserve(now))
         if delay:
             await trio.sleep(delay)
-
-    def _sweep(self, now: float) -> None:
-        """Forget the buckets of addresses not heard from for a while (at
-        most once per _SOURCE_MEMORY), so a scan of many sources does not
-        grow memory for good."""
-        if now - self._swept_at < _SOURCE_MEMORY and len(self._sources) < _MAX_SOURCES:
-            return
-        self._swept_at = now
-        for host in [h for h, bound in self._sources.items() if bound.idle_since(now)]:
-            del self._sources[host]
