@@ -93,6 +93,25 @@ class ServerUnderTest:
                 self.process.wait()
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _tiny_window_clients(port: int, count: int) -> list[socket.socket]:
+    """Non-blocking clients with a 4 KiB receive window: what the server
+    sends them and they never read stays with the server."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
 def connect_many(port: int, count: int) -> list[socket.socket]:
     socks = []
     for _ in range(count):
@@ -286,11 +305,9 @@ def flood_attack(clients: int, line: bytes, attackers: int, *, reading: bool, se
             process.join(seconds + 10)
         kind = "reading its replies" if reading else "never reading"
         word = line.decode(errors="replace").strip() or repr(line)
-        p99 = latencies[int(len(latencies) * 0.99) - 1]
         print(
             f"flood: {clients} idle clients, {attackers} x {word!r} pipelined, {kind}, {seconds:g} s: "
-            f"bystander round trip p50 {statistics.median(latencies) * 1e3:.2f} ms, "
-            f"p99 {p99 * 1e3:.2f} ms, max {latencies[-1] * 1e3:.2f} ms ({len(latencies)} trips); "
+            f"bystander round trip {_trips_summary(latencies)}; "
             f"new client greeted within {max(waits) * 1e3:.1f} ms (max of {len(waits)}); "
             f"RSS {before:.1f} MiB, peak +{peak - before:.1f} MiB"
         )
@@ -341,16 +358,10 @@ def worst_case(attackers: int) -> None:
     try:
         before, _ = server.rss()
         server.reset_peak()
-        socks = []
         fragment = "\u0390".encode() * 32767  # 65,534 bytes; uppercase: 196,602
         rest = b"\n" + b"AYUDA\n" * 9000
         rest += b"z" * (65536 - len(rest))
-        for _ in range(attackers):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", server.port))
-            sock.setblocking(False)
-            socks.append(sock)
+        socks = _tiny_window_clients(server.port, attackers)
         for sock in socks:
             with contextlib.suppress(BlockingIOError):
                 sock.send(fragment)
@@ -570,9 +581,7 @@ def handshake_flood(seconds: float) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         files = _pki(folder)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            plain = probe.getsockname()[1]
+        plain = _free_port()
         server = ServerUnderTest(
             "--tls-cert", files["server"] + ".crt", "--tls-key", files["server"] + ".key",
             "--tls-ca", files["ca"], "--plain-port", str(plain), "--max-clients", "50",
@@ -613,13 +622,7 @@ def telnet_memory(attackers: int) -> None:
     try:
         before, _ = server.rss()
         server.reset_peak()
-        socks = []
-        for _ in range(attackers):
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", server.port))
-            sock.setblocking(False)
-            socks.append(sock)
+        socks = _tiny_window_clients(server.port, attackers)
         flood = b"\xff\xf6" * 32768
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
@@ -652,9 +655,7 @@ def _scraper(address: str, seconds: float) -> None:
 
 
 def metrics_attacks(seconds: float) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        metrics_port = probe.getsockname()[1]
+    metrics_port = _free_port()
     address = f"127.0.0.1:{metrics_port}"
     server = ServerUnderTest("--metrics", address)
     try:

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -90,3 +90,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def one_client_server(talk: Callable[[socket.socket, tuple[str, int]], None]) -> Iterator[int]:
+    """A stand-in server for one connection, in a thread: ``talk(conn,
+    peer)`` plays it (a server of another kind, or a hostile one); yields
+    its port.  Bounded: the accept and each read wait TIMEOUT at most."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+
+    def serve() -> None:
+        try:
+            conn, peer = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(TIMEOUT)
+            talk(conn, peer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(TIMEOUT)

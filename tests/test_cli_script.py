@@ -4,18 +4,16 @@ not UTF-8, and the original project's server in argument mode."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 
-from .processes import TIMEOUT, client, eco, server_process
+from .processes import TIMEOUT, client, eco, one_client_server, server_process
 
 
 def test_estado_in_argument_mode_prints_the_whole_reply() -> None:
@@ -57,36 +55,21 @@ def test_an_argument_that_is_not_utf8_goes_out_as_its_bytes() -> None:
     assert result.returncode == 1  # an ERROR reply
 
 
-@contextmanager
-def original_server() -> Iterator[int]:
+def _original(conn: socket.socket, peer: tuple[str, int]) -> None:
     """The original project's server, as it behaves: replies without a
-    newline (a greeting, 'Eco: ' and the text uppercased), and LISTAR as a title line
-    and the addresses, the last one unterminated."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(TIMEOUT)
+    newline (a greeting, 'Eco: ' and the text uppercased), and LISTAR as a
+    title line and the addresses, the last one unterminated."""
+    conn.sendall(b"Conectado al servidor")  # a greeting, unterminated too
+    while data := conn.recv(1024):
+        text = data.decode().strip()
+        if text == "LISTAR":
+            conn.sendall(f"Clientes conectados:\n{peer[0]}:{peer[1]}".encode())
+        else:
+            conn.sendall(f"Eco: {text.upper()}".encode())
 
-    def serve() -> None:
-        try:
-            conn, peer = listener.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(TIMEOUT)
-            conn.sendall(b"Conectado al servidor")  # a greeting, unterminated too
-            while data := conn.recv(1024):
-                text = data.decode().strip()
-                if text == "LISTAR":
-                    conn.sendall(f"Clientes conectados:\n{peer[0]}:{peer[1]}".encode())
-                else:
-                    conn.sendall(f"Eco: {text.upper()}".encode())
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        thread.join(TIMEOUT)
+def original_server() -> contextlib.AbstractContextManager[int]:
+    return one_client_server(_original)
 
 
 def test_argument_mode_against_the_original_server_keeps_replies_apart() -> None:

@@ -5,15 +5,13 @@ refused DESCONEXION that does not end the session."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
 import stat
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,36 +24,23 @@ from eco_trio.client.interactive import Link, run_interactive
 from eco_trio.wire.visible import escape
 
 from .helpers import start_server
-from .processes import TIMEOUT, client, eco, server_process
+from .processes import TIMEOUT, client, eco, one_client_server, server_process
 from .test_client import Screen, typed
 
 EVIL = b"\x1b]0;pwned\x07\x1b]52;c;ZXZpbA==\x07\x1b[2Jhola\r"
 
 
-@contextmanager
-def evil_server() -> Iterator[int]:
-    """A server (a plain thread) that greets, then answers any line with
-    escape sequences: set the title, write the clipboard, clear the screen."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(TIMEOUT)
+def _evil(conn: socket.socket, peer: tuple[str, int]) -> None:
+    """Greets, then answers any line with escape sequences: set the title,
+    write the clipboard, clear the screen."""
+    with conn.makefile("rb") as lines:
+        conn.sendall(b"BIENVENIDO al servidor malo\n")
+        while lines.readline():
+            conn.sendall(EVIL + b"\n")
 
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn, conn.makefile("rb") as lines:
-            conn.sendall(b"BIENVENIDO al servidor malo\n")
-            while lines.readline():
-                conn.sendall(EVIL + b"\n")
 
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        listener.close()
-        thread.join(TIMEOUT)
+def evil_server() -> contextlib.AbstractContextManager[int]:
+    return one_client_server(_evil)
 
 
 def _run_on_a_terminal(*args: str) -> bytes:
@@ -102,18 +87,11 @@ def test_escape_sequences_are_shown_escaped_on_a_terminal_and_exact_into_a_pipe(
 
 
 def test_server_text_in_an_error_message_is_escaped() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    with listener:
+    def refuse(conn: socket.socket, peer: tuple[str, int]) -> None:
+        conn.sendall(b"ERROR lleno\x1b[2J\x1b]0;x\x07\n")
 
-        def refuse() -> None:
-            conn, _ = listener.accept()
-            with conn:
-                conn.sendall(b"ERROR lleno\x1b[2J\x1b]0;x\x07\n")
-
-        thread = threading.Thread(target=refuse, daemon=True)
-        thread.start()
-        result = client(listener.getsockname()[1], "hola")
-        thread.join(TIMEOUT)
+    with one_client_server(refuse) as port:
+        result = client(port, "hola")
     assert result.returncode == 1 and "\x1b" not in result.stderr
     assert "ERROR lleno\\x1b[2J" in result.stderr
 

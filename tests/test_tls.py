@@ -38,9 +38,12 @@ class Pki:
         ca: trustme.CA | None = None,
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
+        common_name: str | None = None,
     ) -> tuple[str, str]:
         """A certificate for ``names`` (and its key), as PEM files."""
-        issued = (ca or self.ca).issue_cert(*names, not_before=not_before, not_after=not_after)
+        issued = (ca or self.ca).issue_cert(
+            *names, not_before=not_before, not_after=not_after, common_name=common_name
+        )
         stem = self.folder / f"{names[0]}-{id(issued)}"
         issued.cert_chain_pems[0].write_to_path(f"{stem}.crt")
         issued.private_key_pem.write_to_path(f"{stem}.key")

@@ -29,16 +29,8 @@ def pki(tmp_path: Path) -> Pki:
     return Pki(trustme.CA(), tmp_path)
 
 
-def _issue(pki: Pki, *names: str, common_name: str | None = None) -> tuple[str, str]:
-    issued = pki.ca.issue_cert(*names, common_name=common_name)
-    stem = pki.folder / f"c{id(issued)}"
-    issued.cert_chain_pems[0].write_to_path(f"{stem}.crt")
-    issued.private_key_pem.write_to_path(f"{stem}.key")
-    return f"{stem}.crt", f"{stem}.key"
-
-
 def _mtls_client(pki: Pki, *names: str, common_name: str | None = None) -> ssl.SSLContext:
-    cert, key = _issue(pki, *names, common_name=common_name)
+    cert, key = pki.files(*names, common_name=common_name)
     return tls.client_context(pki.ca_file, cert, key)
 
 
