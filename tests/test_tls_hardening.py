@@ -227,3 +227,11 @@ def test_a_plain_client_on_the_tls_port_suspects_tls_soon(pki: Pki) -> None:
         result = client(server.port, "hola")
     assert result.returncode == 1 and "add --tls" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_ipv6_handshakes_share_the_rate_of_their_64(autojump_clock: trio.abc.Clock) -> None:
+    handshakes = Handshakes(limit=1000, rate=1000, rate_per_source=10)
+    start = trio.current_time()
+    for n in range(30):  # 30 addresses of one /64: one source, 10 a second
+        await handshakes.wait_turn(f"[2001:db8::{n + 1:x}]:1000")
+    assert 1.9 <= trio.current_time() - start <= 2.1
