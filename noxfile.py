@@ -34,8 +34,8 @@ def tests(session: nox.Session, io: str) -> None:
 @nox.session
 def tests_trio_latest(session: nox.Session) -> None:
     """The scheduling and stream tests on the newest trio, past the pin in
-    pyproject.toml: what to run before moving it (transport/scheduling.py
-    touches trio's private state)."""
+    pyproject.toml: what to run before moving it (--fifo and the streams
+    touch trio most closely)."""
     session.install("-e", ".[test]")
     session.install("--upgrade", "--no-deps", "trio")
     session.run("python", "-c", "import trio; print('trio', trio.__version__)")

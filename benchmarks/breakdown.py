@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from eco_trio.server.config import ServerConfig
 from eco_trio.server.connection import serve_connection
 from eco_trio.server.core import Server, serve
-from eco_trio.transport.scheduling import fifo_order, schedule_point
+from eco_trio.transport.fifo import fifo_order
+from eco_trio.transport.scheduling import schedule_point
 
 TASKS, MESSAGES = 50, 4000
 LINE = b"x" * 63 + b"\n"

@@ -9,7 +9,8 @@ import pytest
 import trio
 from trio._core import _run
 
-from eco_trio.transport.scheduling import fifo_order, schedule_point
+from eco_trio.transport.fifo import fifo_order
+from eco_trio.transport.scheduling import schedule_point
 
 TASKS, PASSES = 10, 40
 
@@ -97,18 +98,16 @@ async def test_schedule_point_is_not_a_cancel_point() -> None:
     assert reached
 
 
-def test_this_trio_gets_the_bare_turn_not_its_public_fallback() -> None:
-    # The fallback works but costs what the bare turn saves: a trio that no
-    # longer has the message fails here rather than quietly losing the gain.
-    assert schedule_point is not trio.lowlevel.cancel_shielded_checkpoint
+def test_the_bare_turn_is_trios_public_one() -> None:
+    # trio's contract: public API on every path that runs by default.
+    assert schedule_point is trio.lowlevel.cancel_shielded_checkpoint
 
 
 #: Run as production runs: a fresh interpreter, without pytest's plugins
-#: (hypothesis's sends trio down another branch of its scheduler, so the
-#: tests above never see the one the server uses).
+#: (hypothesis's sends trio down another branch of its scheduler).
 _PRODUCTION_ORDER = """
 import sys, trio
-from eco_trio.transport.scheduling import fifo_order
+from eco_trio.transport.fifo import fifo_order
 turns = []
 async def task(number):
     for _ in range(40):
@@ -126,9 +125,51 @@ print(arranged, all(order == passes[1] for order in passes[1:]), "hypothesis" in
 
 
 def test_fifo_order_holds_on_the_branch_production_runs() -> None:
-    """Strictly first in, first out in every pass, as the server runs; a
-    trio that changes its scheduler fails here."""
+    """Strictly first in, first out in every pass, as the server runs it
+    with --fifo; a trio that changes its scheduler fails here."""
     result = subprocess.run(
         [sys.executable, "-c", _PRODUCTION_ORDER], capture_output=True, text=True, timeout=30, check=True
     )
     assert result.stdout.split() == ["True", "True", "False"], result.stdout + result.stderr
+
+
+_DEFAULT_ORDER = """
+import sys
+from trio._core import _run
+from eco_trio.cli import main
+coin = _run._r
+with main._task_order(False):
+    untouched = _run._r is coin and "eco_trio.transport.fifo" not in sys.modules
+with main._task_order(True):
+    fixed = _run._r is not coin
+print(untouched, fixed, _run._r is coin)
+"""
+
+
+def test_fifo_is_opt_in_and_loaded_only_when_asked() -> None:
+    """Without --fifo the server leaves trio's scheduler alone and never
+    imports the module that reaches into it; with it, the coin is fixed and
+    put back afterwards."""
+    result = subprocess.run(
+        [sys.executable, "-c", _DEFAULT_ORDER], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert result.stdout.split() == ["True", "True", "True"]
+
+
+def test_only_the_fifo_module_touches_private_trio_or_socket_state() -> None:
+    """trio's contract: public API on every default path.  A private name
+    of trio's (``trio._core``, ``trio.lowlevel._x``) or of a socket's
+    (``sock._accept``) anywhere else fails here."""
+    import pathlib
+    import re
+
+    package = pathlib.Path(__file__).resolve().parent.parent / "eco_trio"
+    private = re.compile(r"\btrio(\.\w+)*\._\w|\b_core\b|\._accept\(|\._sock\._")
+    offenders = [
+        f"{path.relative_to(package)}:{number}: {line.strip()}"
+        for path in package.rglob("*.py")
+        if path.name != "fifo.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if private.search(line) and not line.lstrip().startswith("#")
+    ]
+    assert offenders == []

@@ -6,6 +6,7 @@ The only module that touches argv, stdin/stdout, print and trio.run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -44,7 +45,7 @@ from eco_trio.server import logs, open_files
 from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig
 from eco_trio.server.core import Server
 from eco_trio.server.registry import format_address
-from eco_trio.transport import scheduling, tls
+from eco_trio.transport import tls
 from eco_trio.transport.readiness import IO_PATHS
 from eco_trio.wire.protocol import DEFAULT_MAX_LINE, is_closing_command
 from eco_trio.wire.visible import escape
@@ -269,6 +270,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default="auto",
         help="I/O path: epoll is the Linux fast path, portable runs wherever trio does; auto picks "
         "$ECO_TRIO_IO if set, else epoll where it exists (default: %(default)s)",
+    )
+    server.add_argument(
+        "--fifo",
+        action="store_true",
+        help="run connection tasks first in, first out (a steadier tail at many busy clients); it "
+        "relies on trio's private scheduler state and is off unless asked for",
     )
     server.add_argument(
         "--log-level",
@@ -528,7 +535,7 @@ def run_server(args: argparse.Namespace) -> int:
                 config.max_clients, config.max_handshakes if config.tls_cert else 0
             ),
         )
-        with scheduling.fifo_order():  # a steady round: see scheduling.py
+        with _task_order(args.fifo):
             return trio.run(_serve_until_stopped, config)
     except BaseException as exc:
         error = _only(exc, OSError)
@@ -597,6 +604,16 @@ def _in_flag_words(message: str) -> str:
         return f"--{name.replace('_', '-')} {value}" if name in settings else match[0]
 
     return re.sub(r"\b([a-z_]+)=([\w.:-]+)", flag, message)
+
+
+def _task_order(fifo: bool) -> contextlib.AbstractContextManager[object]:
+    """--fifo: first-in, first-out task order (transport/fifo.py), which
+    reaches into trio's private state, so its module is loaded only then."""
+    if not fifo:
+        return contextlib.nullcontext()
+    from eco_trio.transport.fifo import fifo_order
+
+    return fifo_order()
 
 
 def _io_path(requested: str) -> str:

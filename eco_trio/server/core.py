@@ -396,16 +396,12 @@ class Server:
         fd = listener.fileno()
         readiness.register(listener)
         abort = readiness.aborter(fd)
-        # socket.accept() converts the family and type to enums for every
-        # new socket; the plain numbers are the same for all of them.
-        kind = (int(listener.family), int(listener.type), listener.proto)
         while True:
             await readiness.wait_readable(fd, abort)
             accepted = 0
             while True:
                 try:
-                    new_fd, peer = listener._accept()  # type: ignore[attr-defined]
-                    sock = socket.socket(*kind, new_fd)
+                    sock, peer = listener.accept()
                 except BlockingIOError:
                     break
                 except OSError as exc:
