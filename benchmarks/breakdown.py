@@ -92,7 +92,7 @@ async def _messages() -> None:
         for number in range(TASKS):
             entry = server.registry.register(f"127.0.0.1:{number}", trio.current_time())
             assert entry is not None
-            nursery.start_soon(serve_connection, server, AnsweringStream(), entry)
+            nursery.start_soon(serve_connection, server.control, AnsweringStream(), entry)
 
 
 def per_message(run: Callable[[], Awaitable[None]]) -> float:

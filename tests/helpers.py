@@ -96,7 +96,7 @@ async def memory_peer(nursery: trio.Nursery, server: Server, address: str = "127
     client_side, server_side = trio.testing.memory_stream_pair()
     entry = server.registry.register(address, trio.current_time())
     assert entry is not None, "the server is full"
-    nursery.start_soon(serve_connection, server, server_side, entry)
+    nursery.start_soon(serve_connection, server.control, server_side, entry)
     return Peer(client_side)
 
 

@@ -72,7 +72,7 @@ async def sink_peer(nursery: trio.Nursery, server: Server, address: str) -> tupl
     sink = SinkStream(server_side)
     entry = server.registry.register(address, trio.current_time())
     assert entry is not None
-    nursery.start_soon(serve_connection, server, sink, entry)
+    nursery.start_soon(serve_connection, server.control, sink, entry)
     await trio.testing.wait_all_tasks_blocked()  # greeted
     return Peer(client_side), sink
 

@@ -32,16 +32,17 @@ async def test_notify_goes_through_the_outbox_and_interrupts_a_reader() -> None:
     registry = Registry(max_clients=5)
     entry = registry.register("127.0.0.1:1", now=0.0)
     assert entry is not None
-    assert entry.pending_notices() == []
+    handle = registry.handle(entry)
+    assert handle.pending_notices() == []
     with trio.CancelScope() as scope:
-        entry.scope, entry.reading = scope, True
+        handle.scope, handle.reading = scope, True
         registry.notify_all(b"AVISO\n")
         registry.notify_all(b"only once\n")  # a closing entry hears nothing more
         await trio.sleep_forever()
-    assert scope.cancelled_caught and entry.interrupted and entry.closing
-    assert entry.pending_notices() == [b"AVISO\n"]
+    assert scope.cancelled_caught and handle.interrupted and handle.closing
+    assert handle.pending_notices() == [b"AVISO\n"]
     registry.unregister(entry)
-    assert entry.pending_notices() == []
+    assert handle.pending_notices() == []
 
 
 def test_format_address() -> None:

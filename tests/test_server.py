@@ -276,7 +276,7 @@ async def test_a_cancel_scope_only_while_a_timer_runs(nursery: trio.Nursery) -> 
         assert await idle.request(b"hola") == b"HOLA"
         await paused.send(b"frag")
         await trio.sleep(0.1)  # read, and waiting out the pause
-        idle_entry, paused_entry = server.registry.snapshot()
+        idle_entry, paused_entry = map(server.registry.handle, server.registry.snapshot())
         assert paused_entry.scope is not None  # the pause timer
         if server.io_path == "epoll":
             assert (idle_entry.scope, idle_entry.wake is not None) == (None, True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import trio
@@ -16,7 +16,6 @@ from eco_trio.transport.socket_stream import (
     ReceiveInterrupted,
     SendTimeout,
     SocketStream,
-    receive_interrupter,
 )
 
 from .helpers import WAIT
@@ -271,7 +270,10 @@ async def test_an_interrupted_read_raises_and_loses_nothing(reactor: Readiness, 
     (whether its task watches the epoll, waits behind the one that does, or
     is about to try recv) raises ReceiveInterrupted, and the next read
     gets the data that came meanwhile."""
-    interrupter_of = receive_interrupter
+
+    def interrupter_of(stream: SocketStream) -> Callable[[], None] | None:
+        return stream.receive_interrupter()
+
     pairs = [socket.socketpair() for _ in range(2)]
     first, second = (SocketStream(a, reactor) for a, _ in pairs)
     if not reactor.interrupts:

@@ -527,7 +527,7 @@ def run_server(args: argparse.Namespace) -> int:
     except ValueError as exc:  # tls.TLSFileError among them: it names the file
         print(f"{args.prog} servidor: error: {_in_flag_words(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(args.log_level, args.log_format, sys.stderr)
+    logs.configure(args.log_level, args.log_format, sys.stderr, rewrite=_FlagWords())
     try:
         config = dataclasses.replace(
             config,
@@ -594,16 +594,44 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
 EXIT_BROKEN_PIPE = 141
 
 
+def _flag_words_pattern() -> re.Pattern[str]:
+    names = sorted((field.name for field in dataclasses.fields(ServerConfig)), key=len, reverse=True)
+    return re.compile(rf"\b(?P<name>{'|'.join(names)})\b(?:=(?P<value>[\w.:-]+))?")
+
+
+#: A setting's name in library text: ``max_clients`` or ``max_clients=10``.
+_SETTING = _flag_words_pattern()
+
+
 def _in_flag_words(message: str) -> str:
-    """A library message names settings (``io=portable``); the command
-    line's user knows them as flags (``--io portable``)."""
-    settings = {field.name for field in dataclasses.fields(ServerConfig)}
+    """Library text names settings (``io=portable``, ``(max_clients)``);
+    the command line's user knows them as flags (``--io portable``,
+    ``(--max-clients)``).  A name is taken for a setting when it has a
+    value, an underscore, or starts the text: ``port``, ``host`` and
+    ``token`` are words too."""
 
     def flag(match: re.Match[str]) -> str:
-        name, value = match[1], match[2]
-        return f"--{name.replace('_', '-')} {value}" if name in settings else match[0]
+        name, value = match["name"], match["value"]
+        if value is None and "_" not in name and match.start() != 0:
+            return match[0]
+        if name == "remote_shutdown" and value == "False":
+            return "--no-remote-shutdown"
+        text = "--" + name.replace("_", "-")
+        return text if value is None else f"{text} {value}"
 
-    return re.sub(r"\b([a-z_]+)=([\w.:-]+)", flag, message)
+    return _SETTING.sub(flag, message)
+
+
+class _FlagWords(logging.Filter):
+    """Every log line in the command line's words (see _in_flag_words)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        # (A setting in a log line has an underscore or a value: the check
+        # spares the usual connect and disconnect lines the regex.)
+        if ("_" in message or "=" in message) and _SETTING.search(message) is not None:
+            record.msg, record.args = _in_flag_words(message), None
+        return True
 
 
 def _task_order(fifo: bool) -> contextlib.AbstractContextManager[object]:

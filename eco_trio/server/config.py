@@ -97,16 +97,16 @@ class ServerConfig:
             raise ValueError(f"port must be between 0 and 65535, not {self.port}")
         io_path(self.io)  # an unknown or unavailable path is refused here, not mid-start
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("--tls-cert and --tls-key go together")
+            raise ValueError("tls_cert and tls_key go together")
         if self.tls_cert is None and (self.tls_ca or self.tls_admin or self.plain_port is not None):
-            raise ValueError("--tls-ca, --tls-admin and --plain-port need --tls-cert and --tls-key")
+            raise ValueError("tls_ca, tls_admin and plain_port need tls_cert and tls_key")
         object.__setattr__(self, "tls_admin", tuple(tls.parse_admin(name) for name in self.tls_admin))
         if self.max_handshakes < 1:
             raise ValueError(f"max_handshakes must be at least 1, not {self.max_handshakes}")
         if not (self.handshake_rate >= 0 and self.handshake_rate_per_ip >= 0):
             raise ValueError("handshake rates must be 0 (no bound) or more")
         if self.tls_admin and self.tls_ca is None:
-            raise ValueError("--tls-admin needs --tls-ca: only verified client certificates carry names")
+            raise ValueError("tls_admin needs tls_ca: only verified client certificates carry names")
         if not self.tls_handshake_timeout > 0:
             raise ValueError(
                 f"tls_handshake_timeout must be greater than 0, not {self.tls_handshake_timeout}"
@@ -115,7 +115,7 @@ class ServerConfig:
             try:
                 parse_address(self.metrics)
             except ValueError as exc:
-                raise ValueError(f"--metrics takes [HOST:]PORT, not {self.metrics!r}: {exc}") from None
+                raise ValueError(f"metrics takes [HOST:]PORT, not {self.metrics!r}: {exc}") from None
         if self.plain_port is not None and not 0 <= self.plain_port <= 65535:
             raise ValueError(f"plain_port must be between 0 and 65535, not {self.plain_port}")
 
@@ -155,16 +155,16 @@ def exposure_warning(addresses: list[str], config: ServerConfig) -> str | None:
     notes = []
     if config.token is None and config.remote_shutdown:
         notes.append(
-            "DESCONEXION is accepted from loopback peers only (set --token to allow it "
-            "elsewhere, --no-remote-shutdown to refuse it)"
+            "DESCONEXION is accepted from loopback peers only (token=TOKEN allows it "
+            "elsewhere, remote_shutdown=False refuses it)"
         )
     if config.idle_timeout is None:
         notes.append(
-            f"silent clients are closed after {REMOTE_IDLE_TIMEOUT:g} s (--idle-timeout; 0 keeps "
-            "them forever, and each holds one of --max-clients)"
+            f"silent clients are closed after {REMOTE_IDLE_TIMEOUT:g} s (idle_timeout; 0 keeps "
+            "them forever, and each holds one of max_clients)"
         )
     elif config.idle_timeout == 0:
-        notes.append("silent clients are never closed (--idle-timeout 0): each holds one of --max-clients")
+        notes.append("silent clients are never closed (idle_timeout=0): each holds one of max_clients")
     if not notes:
         return None
     return "listening beyond loopback: " + "; ".join(notes)

@@ -21,14 +21,11 @@ from typing import Protocol
 
 import trio
 
+from eco_trio.server.handle import ConnectionHandle
 from eco_trio.server.registry import ClientEntry, Registry, listing_rows
 from eco_trio.server.stats import Totals
-from eco_trio.transport.socket_stream import (
-    ReceiveInterrupted,
-    SendTimeout,
-    close_at_once,
-    receive_interrupter,
-)
+from eco_trio.transport.conduit import Conduit, conduit
+from eco_trio.transport.socket_stream import ReceiveInterrupted, SendTimeout
 from eco_trio.wire import protocol
 from eco_trio.wire.protocol import (
     Authenticate,
@@ -58,9 +55,10 @@ class Limits(Protocol):
 class Host(Protocol):
     """What a conversation may ask of its server: its limits, the registry
     and counters it updates, and the decisions that need the server's state
-    (who may list, see the counters, authenticate, shut down).  The server
-    (``core.Server``) is one; a test can be another.  Depending on this, not
-    on the server, keeps the conversation free of the server's module."""
+    (who may list, see the counters, authenticate, shut down).  The server's
+    :class:`~eco_trio.server.control.Control` is one; a test can be another.
+    Depending on this, not on the server, keeps the conversation free of
+    the server's modules."""
 
     registry: Registry
     totals: Totals
@@ -74,11 +72,9 @@ class Host(Protocol):
     def clock(self) -> Callable[[], float]: ...
     def connection_ended(self, entry: ClientEntry) -> None: ...
     def listing_refusal(self, entry: ClientEntry) -> str | None: ...
-    def status_lines(self, entry: ClientEntry, token: bytes | None) -> tuple[list[str], str | None]: ...
-    def authenticate(self, entry: ClientEntry, token: bytes | None) -> tuple[list[str], str | None]: ...
-    def shutdown_requested_by(
-        self, entry: ClientEntry, token: bytes | None
-    ) -> tuple[list[str], str | None]: ...
+    def status_lines(self, entry: ClientEntry, token: bytes | None) -> Answer: ...
+    def authenticate(self, entry: ClientEntry, token: bytes | None) -> Answer: ...
+    def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> Answer: ...
 
 
 log = logging.getLogger("eco_trio.server")
@@ -118,7 +114,7 @@ class _Unscoped:
 _UNSCOPED = _Unscoped()
 
 
-async def serve_connection(server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> None:
+async def serve_connection(host: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> None:
     """Talk to one admitted client until either side ends it.
 
     Resource handling: always closes ``stream`` and unregisters ``entry``.
@@ -127,10 +123,11 @@ async def serve_connection(server: Host, stream: trio.abc.HalfCloseableStream, e
     exception is logged with its traceback at ERROR and also ends only this
     conversation.
     """
-    registry = server.registry
+    registry = host.registry
+    link = conduit(stream)
     linger = True
     try:
-        linger = await _converse(server, stream, entry)
+        linger = await _converse(host, link, entry)
     except SendTimeout as exc:
         # The output bound at work: this client stopped taking its replies.
         entry.end_reason, entry.end_detail = "send timeout", str(exc)
@@ -145,61 +142,57 @@ async def serve_connection(server: Host, stream: trio.abc.HalfCloseableStream, e
         linger = False
     finally:
         registry.unregister(entry)
-        server.connection_ended(entry)
+        host.connection_ended(entry)
         if linger:
-            await _close_gracefully(stream)
+            await _close_gracefully(link)
         else:
-            await close_at_once(stream)
+            await link.close_at_once()
 
 
-async def _converse(server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry) -> bool:
+async def _converse(host: Host, link: Conduit, entry: ClientEntry) -> bool:
     """The request loop; returns whether to linger on close (we are the side
-    that closes, and the peer may still be sending)."""
-    config = server.config
-    parser = ServerProtocol(config.max_line, commands=server.totals.commands)
+    that closes, and the peer may still be sending).
+
+    The inner loop is the hot path, kept in this one frame on purpose: an
+    idle connection waits in it, and every frame it waits under costs
+    memory.  What is rarer (a read the quick reply cannot take, a timer,
+    the interrupt) is handled in the functions below it."""
+    handle = host.registry.handle(entry)
+    parser = ServerProtocol(host.config.max_line, commands=host.totals.commands)
     entry.protocol = parser
     # Bound methods every message uses, looked up once.  (An idle
     # connection keeps each one: 64 bytes; send_all is looked up when used.)
-    receive_some = stream.receive_some
-    current_time = server.clock()
-    pause, idle = config.pause, server.idle_timeout
-    timers = idle is not None  # (besides the pause, while a fragment waits)
+    receive_some, send_nowait = link.receive_some, link.send_nowait
+    current_time = host.clock()
+    pause, idle = host.config.pause, host.idle_timeout
     # A cancel scope costs a connection about 0.8 KiB and 8 µs of CPU
     # (benchmarks/compare: connections/s, held connections): it is taken only
-    # while a timer runs, or where the stream cannot be interrupted otherwise.
-    interrupter = receive_interrupter(stream)
-    # Our sockets send what the kernel takes without a coroutine (see
-    # SocketStream.send_nowait); other streams go through send_all.
-    send_nowait = getattr(stream, "send_nowait", None)
-    if server.shutting_down:
-        entry.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
-    else:
-        await stream.send_all(_GREETING)
+    # while a timer runs (an idle timeout, a fragment's pause), or where the
+    # stream cannot be interrupted otherwise.
+    interrupter = link.receive_interrupter()
+    always_scoped = idle is not None or interrupter is None
+    await _greet(host, link, handle)
     last_data = entry.last_line_at
     while True:
         fragment = parser.has_fragment
-        scoped = fragment or timers or interrupter is None
-        entry.wake = None if scoped else interrupter
+        scoped = fragment or always_scoped
+        handle.wake = None if scoped else interrupter
         rescope = False
         with trio.CancelScope() if scoped else _UNSCOPED as scope:
-            entry.scope = scope if isinstance(scope, trio.CancelScope) else None
-            while not entry.interrupted:
-                timed = fragment or timers
-                if timed:
-                    scope.deadline = min(
-                        last_data + pause if fragment else math.inf,
-                        entry.last_line_at + idle if idle is not None else math.inf,
-                    )
-                entry.reading = True
+            handle.scope = scope if scoped else None  # type: ignore[assignment]
+            while not handle.interrupted:
+                if timed := fragment or idle is not None:
+                    scope.deadline = _deadline(entry, last_data if fragment else None, pause, idle)
+                handle.reading = True
                 try:
                     data = await receive_some(RECEIVE_SIZE)
-                except ReceiveInterrupted:  # the interrupter: entry.interrupted is set
+                except ReceiveInterrupted:  # the interrupter: handle.interrupted is set
                     break
-                entry.reading = False
+                handle.reading = False
                 if timed:
                     scope.deadline = math.inf
                 if not data and parser.quick_close():  # the client closed, and nothing is held
-                    _note_close(entry, "end of input")
+                    _note_close(entry, handle, "end of input")
                     return False  # it closed first: no lingering
                 entry.bytes_in += len(data)
                 # (At end of input, a fragment still held is answered as a line.)
@@ -212,157 +205,191 @@ async def _converse(server: Host, stream: trio.abc.HalfCloseableStream, entry: C
                     entry.last_line_at = current_time()
                     entry.bytes_out += len(reply)
                     entry.lines_out += lines
-                    if send_nowait is None:
-                        await stream.send_all(reply)
-                    elif (sent := send_nowait(reply)) < len(reply):
-                        await stream.send_all(memoryview(reply)[sent:])
+                    if (sent := send_nowait(reply)) < len(reply):
+                        await link.send_all(memoryview(reply)[sent:] if sent else reply)
                     # An idle connection keeps nothing of its last batch;
                     # nothing is held or left over after a quick reply.
                     del data, reply
                     continue
-                events = parser.receive_data(data)
-                if data and lines:  # the idle timeout counts complete lines only
-                    entry.last_line_at = current_time()
-                if events and (end := await _answer(server, stream, entry, events, eof=not data)) is not None:
+                end = await _answer_read(host, link, entry, handle, data, lines)
+                del data  # an idle connection must not keep its last read alive
+                if end is not None:
                     return end
-                if parser.has_backlog:
-                    # The parser holds what is left to answer: drop our
-                    # references to the read and the first turn's replies
-                    # while a client that does not read keeps us waiting.
-                    data, events = b"", []
-                    if (end := await _work_off(server, stream, entry, parser)) is not None:
-                        return end
-                # While it waits for the next read, an idle connection must
-                # not keep its last batch (the read, the reply) alive.
-                del data, events
                 fragment = parser.has_fragment
                 if fragment:
                     last_data = current_time()
                     if not scoped:  # the pause timer needs a scope
                         rescope = True
                         break
-        entry.reading = False
-        if entry.interrupted:
-            entry.end_reason = "server shutting down"
-            for line in entry.pending_notices():
-                await stream.send_all(line)
-            return True
+        handle.reading = False
+        if handle.interrupted:
+            return await _deliver_notices(link, entry, handle)
         if rescope:
             continue
-        # A timer fired.  The idle timeout ends the conversation; the pause
-        # answers the buffered fragment as a line.
-        if idle is not None and current_time() >= entry.last_line_at + idle:
-            entry.end_reason, entry.end_detail = "idle timeout", f"no line for {idle:g} s (--idle-timeout)"
-            entry.closing = True
-            notice = f"AVISO: {idle:g} s sin recibir una línea; conexión cerrada."
-            await stream.send_all(protocol.encode_line(notice))
-            return True
-        events = parser.flush_fragment()
-        # A fragment kept back (it ends in a cut UTF-8 character) gets one
-        # more pause.
-        last_data = current_time()
-        if events:  # the fragment, answered as a line (not a complete one: no idle credit)
-            entry.lines_in += 1
-            if (end := await _answer(server, stream, entry, events, eof=False)) is not None:
-                return end
-        del events
+        end = await _timer_fired(host, link, entry, handle, parser)
+        if end is not None:
+            return end
+        last_data = current_time()  # a fragment kept back gets one more pause
+
+
+def _deadline(entry: ClientEntry, last_data: float | None, pause: float, idle: float | None) -> float:
+    """When the read's timer fires: the pause after a fragment's last data
+    (None: no fragment), or the idle timeout."""
+    return min(
+        last_data + pause if last_data is not None else math.inf,
+        entry.last_line_at + idle if idle is not None else math.inf,
+    )
+
+
+async def _greet(host: Host, link: Conduit, handle: ConnectionHandle) -> None:
+    """The greeting, or, once shutdown has begun, the shutdown notice (the
+    conversation then delivers it and closes at its first read)."""
+    if host.shutting_down:
+        handle.notify(protocol.encode_line(protocol.SHUTDOWN_NOTICE))
+    else:
+        await link.send_all(_GREETING)
+
+
+async def _answer_read(
+    host: Host,
+    link: Conduit,
+    entry: ClientEntry,
+    handle: ConnectionHandle,
+    data: bytes | bytearray,
+    lines: int,
+) -> bool | None:
+    """A read the quick reply could not take (commands, a fragment, a long
+    line, end of input): through the parser's events.  Returns None while
+    the conversation goes on; once it is over, whether to linger."""
+    parser = entry.protocol
+    assert parser is not None  # set by _converse
+    events = parser.receive_data(data)
+    if data and lines:  # the idle timeout counts complete lines only
+        entry.last_line_at = host.clock()()
+    if events and (end := await _answer(host, link, entry, handle, events, eof=not data)) is not None:
+        return end
+    if parser.has_backlog:
+        # The parser holds what is left to answer: drop our references to
+        # the read and the first turn's replies while a client that does
+        # not read keeps us waiting.
+        del data, events
+        return await _work_off(host, link, entry, handle, parser)
+    return None
+
+
+async def _timer_fired(
+    host: Host, link: Conduit, entry: ClientEntry, handle: ConnectionHandle, parser: ServerProtocol
+) -> bool | None:
+    """The read's timer fired.  The idle timeout ends the conversation (the
+    client is told why); the pause answers the buffered fragment as a line."""
+    idle = host.idle_timeout
+    if idle is not None and host.clock()() >= entry.last_line_at + idle:
+        entry.end_reason, entry.end_detail = "idle timeout", f"no line for {idle:g} s (idle_timeout)"
+        handle.closing = True
+        notice = f"AVISO: {idle:g} s sin recibir una línea; conexión cerrada."
+        await link.send_all(protocol.encode_line(notice))
+        return True
+    # A fragment kept back (it ends in a cut UTF-8 character) gets one more pause.
+    events = parser.flush_fragment()
+    if events:  # the fragment, answered as a line (not a complete one: no idle credit)
+        entry.lines_in += 1
+        return await _answer(host, link, entry, handle, events, eof=False)
+    return None
+
+
+async def _deliver_notices(link: Conduit, entry: ClientEntry, handle: ConnectionHandle) -> bool:
+    """Interrupted: the server is shutting down.  Send what its outbox holds
+    (the notice); then linger on close."""
+    entry.end_reason = "server shutting down"
+    for line in handle.pending_notices():
+        await link.send_all(line)
+    return True
 
 
 async def _work_off(
-    server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, parser: ServerProtocol
+    host: Host, link: Conduit, entry: ClientEntry, handle: ConnectionHandle, parser: ServerProtocol
 ) -> bool | None:
     """Answer the rest of a read turn by turn, letting every other task run
     between turns: one client's pipelined commands cannot hold the server.
     Nothing new is read meanwhile, so what the client sends waits in the
     kernel, and a client that does not read its replies blocks here, with
     at most one turn's output built, until the send timeout."""
-    while parser.has_backlog and not entry.interrupted:
+    while parser.has_backlog and not handle.interrupted:
         await trio.lowlevel.checkpoint()
         events = parser.next_events()
-        if (end := await _answer(server, stream, entry, events, eof=False)) is not None:
+        if (end := await _answer(host, link, entry, handle, events, eof=False)) is not None:
             return end
     return None
 
 
 async def _answer(
-    server: Host,
-    stream: trio.abc.HalfCloseableStream,
+    host: Host,
+    link: Conduit,
     entry: ClientEntry,
+    handle: ConnectionHandle,
     events: list[Event],
     *,
     eof: bool,
 ) -> bool | None:
-    """Send the replies ``events`` call for.  Returns None while the
-    conversation goes on; once it is over, whether to linger on close."""
+    """Send the replies ``events`` call for, in order, in as few writes as
+    their order allows.  Returns None while the conversation goes on; once
+    it is over, whether to linger on close."""
     out: list[bytes] = []
     for event in events:
         match event:
             case Reply(data=data):
                 out.append(data)
             case ListClients():
-                if (refusal := server.listing_refusal(entry)) is not None:
+                if (refusal := host.listing_refusal(entry)) is not None:
                     out.append(protocol.encode_line(refusal))
                     continue
-                await _send_listing(server, stream, entry, b"".join(out))
+                await _send_listing(host, link, entry, b"".join(out))
                 out = []
-            case Shutdown(token=token):
-                lines, end = server.shutdown_requested_by(entry, token)
-                if (done := await _reply(stream, entry, out, lines, end)) is not None:
-                    return done
-            case Status(token=token):
-                lines, end = server.status_lines(entry, token)
-                if (done := await _reply(stream, entry, out, lines, end)) is not None:
-                    return done
-            case Authenticate(token=token):
-                lines, end = server.authenticate(entry, token)
-                if (done := await _reply(stream, entry, out, lines, end)) is not None:
-                    return done
+            case Shutdown() | Status() | Authenticate():
+                # Their replies depend on the server's state now: sent now.
+                lines, end = _decide(host, entry, event)
+                data = b"".join(out) + protocol.encode_lines(lines)
+                out = []
+                if end is not None:
+                    entry.end_reason, handle.closing = end, True
+                await _send(link, entry, data)
+                if end is not None:
+                    return True
             case ForeignProtocol(name=name):
                 level, hint = _FOREIGN.get(name, (logging.WARNING, "a client of another protocol"))
                 log.log(level, "%s: closed: it spoke %s to this line server (%s)", entry.address, name, hint)
-                server.totals.refused[name if name == "HTTP" else f"{name} on the plain port"] += 1
+                host.totals.refused[name if name == "HTTP" else f"{name} on the plain port"] += 1
                 entry.end_reason = f"{name} spoken"
-                entry.closing = True
-                if out:
-                    await _send(stream, entry, b"".join(out))
+                handle.closing = True
+                await _send(link, entry, b"".join(out))
                 return False  # not one more byte: no lingering either
             case Close(reason=reason):
-                _note_close(entry, reason)
-                if out:
-                    await _send(stream, entry, b"".join(out))
+                _note_close(entry, handle, reason)
+                await _send(link, entry, b"".join(out))
                 return not eof  # at end of input the client closed first
-    if out:
-        await _send(stream, entry, b"".join(out))
+    await _send(link, entry, b"".join(out))
     return None
 
 
-async def _reply(
-    stream: trio.abc.HalfCloseableStream,
-    entry: ClientEntry,
-    out: list[bytes],
-    lines: list[str],
-    end: str | None,
-) -> bool | None:
-    """Send what ``out`` holds and ``lines``, now (their cost and order
-    depend on the server); ``out`` is emptied.  When ``end`` says why the
-    conversation ends, returns True (linger on close)."""
-    data = b"".join(out) + protocol.encode_lines(lines)
-    out.clear()
-    if end is not None:
-        entry.end_reason, entry.closing = end, True
-    await _send(stream, entry, data)
-    return True if end is not None else None
+def _decide(host: Host, entry: ClientEntry, event: Shutdown | Status | Authenticate) -> Answer:
+    """The server's decision on a command that needs its state."""
+    if isinstance(event, Shutdown):
+        return host.shutdown_requested_by(entry, event.token)
+    if isinstance(event, Status):
+        return host.status_lines(entry, event.token)
+    return host.authenticate(entry, event.token)
 
 
-def _note_close(entry: ClientEntry, reason: str) -> None:
+def _note_close(entry: ClientEntry, handle: ConnectionHandle, reason: str) -> None:
     """The conversation is ending for ``reason`` (a :class:`Close`'s)."""
-    entry.closing = True
+    handle.closing = True
     entry.end_reason = "the client closed" if reason == "end of input" else reason
 
 
-async def _send(stream: trio.abc.HalfCloseableStream, entry: ClientEntry, data: bytes) -> None:
-    _count_out(entry, data)
-    await stream.send_all(data)
+async def _send(link: Conduit, entry: ClientEntry, data: bytes) -> None:
+    if data:
+        _count_out(entry, data)
+        await link.send_all(data)
 
 
 def _count_out(entry: ClientEntry, data: bytes) -> None:
@@ -379,13 +406,11 @@ _FOREIGN = {
 }
 
 
-async def _send_listing(
-    server: Host, stream: trio.abc.HalfCloseableStream, entry: ClientEntry, before: bytes
-) -> None:
+async def _send_listing(host: Host, link: Conduit, entry: ClientEntry, before: bytes) -> None:
     """LISTAR's reply in parts of LISTING_PART rows, each sent before the
     next is built, with a turn for everyone else between parts: its cost
     grows with the number of clients, and must not stall them."""
-    entries = server.registry.snapshot()
+    entries = host.registry.snapshot()
     now = trio.current_time()
     # The replies before LISTAR in the same read are counted before the
     # requester's own row shows its counts.
@@ -397,24 +422,24 @@ async def _send_listing(
         rows = listing_rows(entries[start : start + LISTING_PART], entry, now)
         part = header + protocol.encode_lines(rows)
         _count_out(entry, part)
-        await stream.send_all(before + part)
+        await link.send_all(before + part)
         before = header = b""
 
 
-async def _close_gracefully(stream: trio.abc.HalfCloseableStream) -> None:
+async def _close_gracefully(link: Conduit) -> None:
     """Half-close, drain what the client still sends (bounded), then close."""
     try:
         with trio.move_on_after(LINGER_SECONDS):
-            await stream.send_eof()  # over TLS: close_notify
+            await link.send_eof()  # over TLS: close_notify
             drained = 0
             while drained < LINGER_BYTES:
                 chunk: bytes | bytearray = b""
                 with trio.move_on_after(LINGER_QUIET):
-                    chunk = await stream.receive_some(RECEIVE_SIZE)
+                    chunk = await link.receive_some(RECEIVE_SIZE)
                 if not chunk:
                     break
                 drained += len(chunk)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     finally:
-        await close_at_once(stream)
+        await link.close_at_once()

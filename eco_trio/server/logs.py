@@ -152,10 +152,13 @@ class _Writer:
 _writer: _Writer | None = None
 
 
-def configure(level: str, log_format: str, stream: TextIO | None) -> None:
+def configure(
+    level: str, log_format: str, stream: TextIO | None, *, rewrite: logging.Filter | None = None
+) -> None:
     """Log at ``level`` to ``stream``'s file descriptor through a writer
     thread.  With no stream (the server was started with stderr closed),
-    records are dropped silently."""
+    records are dropped silently.  ``rewrite``, if given, may change each
+    record's text before it is queued (the command line names flags)."""
     global _writer
     formatter = (
         JSONFormatter() if log_format == "json" else TextFormatter("%(asctime)s %(levelname)s %(message)s")
@@ -168,7 +171,10 @@ def configure(level: str, log_format: str, stream: TextIO | None) -> None:
         root.handlers[:] = [logging.NullHandler()]
         return
     _writer = _Writer(fd, formatter)
-    root.handlers[:] = [_DroppingQueueHandler(_writer.records)]
+    handler = _DroppingQueueHandler(_writer.records)
+    if rewrite is not None:
+        handler.addFilter(rewrite)
+    root.handlers[:] = [handler]
 
 
 def stop() -> None:

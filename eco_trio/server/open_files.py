@@ -44,7 +44,7 @@ def fit_clients(max_clients: int, others: int = 0) -> int:
         return max_clients
     fitting = max(soft - reserved, 1)
     log.warning(
-        "--max-clients lowered from %d to %d: the open-files limit is %d (ulimit -n) and %d "
+        "max_clients lowered from %d to %d: the open-files limit is %d (ulimit -n) and %d "
         "descriptors are kept for the server itself",
         max_clients,
         fitting,

@@ -1,34 +1,17 @@
-"""Who is connected, in order of arrival, and how to reach them.
-
-Each client's entry carries an outbox: a trio memory channel for lines the
-server sends on its own initiative (the shutdown notice), opened the first
-time it is needed.  Replies to a
-client's own lines never go through it: the connection task writes those
-directly, so the per-reply path has no channel hop and no task switch.
-
-A line put in the outbox is the last thing that connection will hear, so
-:meth:`ClientEntry.notify` also interrupts the connection task, which then
-delivers its outbox and closes.  The interrupt reaches the task only while it
-waits for input: through its stream's interrupter (our sockets on the epoll
-path, which spares each connection a cancel scope), or by cancelling its
-conversation's cancel scope (other streams, and while a timer runs).  A task
-busy writing a reply finishes that reply first and notices the interrupt
-before it reads again, so no reply is cut in half.
+"""Who is connected, in order of arrival: each client's record (what
+LISTAR and ESTADO show), with the handle that reaches its task
+(:mod:`eco_trio.server.handle`), and the per-source counts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-import trio
-
+from eco_trio.server.handle import ConnectionHandle
 from eco_trio.wire.protocol import ServerProtocol
 from eco_trio.wire.visible import escape_word
-
-OUTBOX_SIZE = 4
 
 
 def format_address(address: object) -> str:
@@ -54,14 +37,11 @@ def source_of(address: str) -> str:
 
 @dataclass(eq=False, slots=True)
 class ClientEntry:
+    """One client's record: what LISTAR, ESTADO and the log show of it."""
+
     address: str
     connected_at: float
     last_line_at: float = 0.0
-    #: The connection task is waiting for input under ``scope``.
-    reading: bool = False
-    #: The connection is ending; notices are no longer sent to it.
-    closing: bool = False
-    interrupted: bool = False
     #: The client's source (its address without the port, an IPv6 one to
     #: its /64) while a per-source limit is in force; None otherwise.
     source: str | None = None
@@ -81,54 +61,6 @@ class ClientEntry:
     end_detail: str = ""
     #: The conversation's protocol state, for the last command LISTAR shows.
     protocol: ServerProtocol | None = field(default=None, repr=False)
-    #: How to interrupt the task's read: its cancel scope, or (where the
-    #: stream offers one, and no timer needs a scope) the stream's interrupter.
-    scope: trio.CancelScope | None = field(default=None, repr=False)
-    wake: Callable[[], None] | None = field(default=None, repr=False)
-    # The outbox channel is opened on first use: a channel pair costs about
-    # 1.8 KiB, as much as the connection's task, and most connections never
-    # hear from the server unprompted.
-    _outbox: tuple[trio.MemorySendChannel[bytes], trio.MemoryReceiveChannel[bytes]] | None = field(
-        default=None, repr=False
-    )
-
-    @property
-    def outbox(self) -> trio.MemorySendChannel[bytes]:
-        if self._outbox is None:
-            self._outbox = trio.open_memory_channel[bytes](OUTBOX_SIZE)
-        return self._outbox[0]
-
-    def notify(self, line: bytes) -> None:
-        """Send ``line`` as this connection's last words, then close it."""
-        if self.closing:
-            return
-        self.closing = True
-        with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-            self.outbox.send_nowait(line)  # a full outbox: that connection is leaving anyway
-        self.interrupt()
-
-    def interrupt(self) -> None:
-        self.interrupted = True
-        if self.reading:
-            if self.scope is not None:
-                self.scope.cancel()
-            elif self.wake is not None:
-                self.wake()
-
-    def pending_notices(self) -> list[bytes]:
-        lines: list[bytes] = []
-        if self._outbox is None:
-            return lines
-        while True:
-            try:
-                lines.append(self._outbox[1].receive_nowait())
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                return lines
-
-    def close_outbox(self) -> None:
-        if self._outbox is not None:
-            for channel in self._outbox:
-                channel.close()
 
 
 class Registry:
@@ -138,7 +70,9 @@ class Registry:
     __slots__ = ("_clients", "_sources", "max_clients", "max_per_source")
 
     def __init__(self, max_clients: int, max_per_source: int | None = None) -> None:
-        self._clients: dict[ClientEntry, None] = {}  # a dict keeps arrival order
+        # Each client's record and the handle that reaches its task; a dict
+        # keeps arrival order.
+        self._clients: dict[ClientEntry, ConnectionHandle] = {}
         self._sources: dict[str, int] = {}
         self.max_clients = max_clients
         self.max_per_source = max_per_source
@@ -170,12 +104,16 @@ class Registry:
         entry = ClientEntry(address, now, last_line_at=now)
         if source is not None:
             entry.source = source
-        self._clients[entry] = None
+        self._clients[entry] = ConnectionHandle()
         return entry
 
+    def handle(self, entry: ClientEntry) -> ConnectionHandle:
+        """How to reach ``entry``'s task (KeyError once unregistered)."""
+        return self._clients[entry]
+
     def unregister(self, entry: ClientEntry) -> None:
-        if self._clients.pop(entry, entry) is None:
-            entry.close_outbox()
+        if (handle := self._clients.pop(entry, None)) is not None:
+            handle.close_outbox()
             if entry.source is not None:
                 left = self._sources.pop(entry.source) - 1
                 if left:
@@ -196,8 +134,8 @@ class Registry:
         return listing_rows(self._clients, requester, now)
 
     def notify_all(self, line: bytes) -> None:
-        for entry in list(self._clients):
-            entry.notify(line)
+        for handle in list(self._clients.values()):
+            handle.notify(line)
 
 
 def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, now: float) -> list[str]:

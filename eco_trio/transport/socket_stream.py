@@ -198,7 +198,7 @@ class SocketStream(trio.abc.HalfCloseableStream):
                 except OSError as exc:
                     raise self._translate(exc, closed=self._send_closed) from exc
                 continue
-            raise SendTimeout(f"took none of our data for {self._send_timeout:g} s (--send-timeout)")
+            raise SendTimeout(f"took none of our data for {self._send_timeout:g} s (send_timeout)")
 
     @staticmethod
     def _translate(exc: OSError, *, closed: bool) -> trio.ClosedResourceError | trio.BrokenResourceError:
@@ -247,23 +247,9 @@ class SocketStream(trio.abc.HalfCloseableStream):
         self.close()
         await checkpoint()
 
-
-def receive_interrupter(stream: trio.abc.ReceiveStream) -> Callable[[], None] | None:
-    """A callable that makes a waiting ``stream.receive_some`` raise
-    :class:`ReceiveInterrupted`, for the streams that offer one (ours on the
-    epoll path, and TLS over them); None for the rest, which are
-    interrupted the trio way, by cancelling a scope."""
-    offer = getattr(stream, "receive_interrupter", None)
-    return offer() if offer is not None else None
-
-
-async def close_at_once(stream: trio.abc.AsyncResource) -> None:
-    """Close ``stream`` without waiting for its peer, whatever transport it
-    is.  Our sockets close synchronously: no cancel scope, no yield (trio's
-    ``aclose_forcefully`` raises and catches a Cancelled, which costs a
-    server closing thousands of connections a second)."""
-    if isinstance(stream, SocketStream):
-        stream.close()
-        return
-    with trio.CancelScope(shield=True):
-        await trio.aclose_forcefully(stream)
+    async def close_at_once(self) -> None:
+        """Close now, without waiting for the peer: synchronously, so no
+        cancel scope and no yield (trio's ``aclose_forcefully`` raises and
+        catches a Cancelled, which costs a server closing thousands of
+        connections a second)."""
+        self.close()
