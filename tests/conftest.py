@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import inspect
 import os
+from pathlib import Path
 
 import pytest
+import trustme
+
+from .pki import Pki
 
 
 @pytest.fixture(autouse=True)
@@ -50,3 +54,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
         if item.path.name == "test_portable.py":
             item.add_marker(pytest.mark.portable_path)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    """A fresh certificate authority, and a folder for the files it issues."""
+    return Pki(trustme.CA(), tmp_path)

@@ -275,7 +275,7 @@ async def test_a_cancel_scope_only_while_a_timer_runs(nursery: trio.Nursery) -> 
     async with running.peer() as idle, running.peer() as paused:
         assert await idle.request(b"hola") == b"HOLA"
         await paused.send(b"frag")
-        await trio.sleep(0.1)  # read, and waiting out the pause
+        await trio.testing.wait_all_tasks_blocked()  # read, and waiting out the pause
         idle_entry, paused_entry = map(server.registry.handle, server.registry.snapshot())
         assert paused_entry.scope is not None  # the pause timer
         if server.io_path == "epoll":
@@ -283,7 +283,7 @@ async def test_a_cancel_scope_only_while_a_timer_runs(nursery: trio.Nursery) -> 
         else:  # trio's own waits: interrupted by cancelling a scope
             assert (idle_entry.scope is not None, idle_entry.wake) == (True, None)
         assert await paused.line() == b"FRAG"  # the pause answered it
-        await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked()  # back to an unscoped read
         assert paused_entry.scope is None if server.io_path == "epoll" else paused_entry.scope is not None
         assert await idle.request(b"DESCONEXION") == protocol.SHUTDOWN_ACK.encode()
         assert await paused.line() == protocol.SHUTDOWN_NOTICE.encode()

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 from eco_trio.client.core import Client, open_client
 from eco_trio.server.config import ServerConfig
@@ -20,13 +19,8 @@ from eco_trio.transport import tls
 from eco_trio.wire.visible import escape, escape_word
 
 from .helpers import WAIT, Peer, start_server
+from .pki import Pki
 from .processes import client, free_port, server_process
-from .test_tls import Pki
-
-
-@pytest.fixture
-def pki(tmp_path: Path) -> Pki:
-    return Pki(trustme.CA(), tmp_path)
 
 
 def _mtls_client(pki: Pki, *names: str, common_name: str | None = None) -> ssl.SSLContext:
