@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from eco_trio.cli.main import _FlagWords, _in_flag_words
+from eco_trio.cli.servidor import _FlagWords, _in_flag_words
 from eco_trio.server.config import ServerConfig, exposure_warning
 
 

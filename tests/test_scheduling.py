@@ -136,7 +136,7 @@ def test_fifo_order_holds_on_the_branch_production_runs() -> None:
 _DEFAULT_ORDER = """
 import sys
 from trio._core import _run
-from eco_trio.cli import main
+from eco_trio.cli import servidor as main
 coin = _run._r
 with main._task_order(False):
     untouched = _run._r is coin and "eco_trio.transport.fifo" not in sys.modules

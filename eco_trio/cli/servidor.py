@@ -1,0 +1,363 @@
+"""``servidor``: its options, and running the server until it is stopped."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import signal
+import sys
+
+import trio
+
+from eco_trio.cli.common import (
+    EXIT_FAILURE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    Parser,
+    not_negative,
+    not_negative_int,
+    only,
+    port_number,
+    positive,
+    reason,
+    token_from,
+)
+from eco_trio.server import logs, open_files
+from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig
+from eco_trio.server.core import Server
+from eco_trio.server.registry import format_address
+from eco_trio.transport import tls
+from eco_trio.transport.readiness import IO_PATHS
+from eco_trio.wire.protocol import DEFAULT_MAX_LINE
+
+log = logging.getLogger("eco_trio.server")
+
+
+def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
+    server = commands.add_parser(
+        "servidor",
+        help="run the server",
+        description="Run the server. Stops on DESCONEXION, Ctrl-C, SIGTERM or SIGHUP, telling clients first. "
+        "Who may send DESCONEXION: nobody with --no-remote-shutdown; otherwise a client whose "
+        "certificate name is a --tls-admin (mutual TLS); otherwise, with --token, anyone who sends "
+        "'DESCONEXION TOKEN'; without a token, any loopback client.",
+    )
+    defaults = ServerConfig()
+    server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
+    server.add_argument(
+        "--port",
+        type=port_number,
+        default=defaults.port,
+        help="port; 0 picks a free one (default: %(default)s)",
+    )
+    server.add_argument(
+        "--grace",
+        type=positive(float),
+        default=defaults.grace,
+        metavar="SECONDS",
+        help="on shutdown, time clients get to receive the notice (default: %(default)s)",
+    )
+    server.add_argument(
+        "--pause",
+        type=positive(float),
+        default=defaults.pause,
+        metavar="SECONDS",
+        help="silence after which an unterminated message is answered (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-line",
+        type=positive(int),
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help="longest accepted line; longer closes the connection (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-clients",
+        type=positive(int),
+        default=defaults.max_clients,
+        metavar="N",
+        help="connections served at once; more are turned away (default: %(default)s)",
+    )
+    server.add_argument(
+        "--max-clients-per-ip",
+        type=not_negative_int,
+        default=None,
+        metavar="N",
+        help="connections served at once from one address (IPv6: one /64); 0: no limit (default: none "
+        f"on loopback, {REMOTE_MAX_CLIENTS_PER_IP} when listening beyond it)",
+    )
+    server.add_argument(
+        "--idle-timeout",
+        type=not_negative,
+        default=None,
+        metavar="SECONDS",
+        help="close a connection after this long without a complete line (ended by a newline; a message "
+        "answered after --pause does not count); 0: never (default: never "
+        f"on loopback, {REMOTE_IDLE_TIMEOUT:g} s when listening beyond it)",
+    )
+    server.add_argument(
+        "--send-timeout",
+        type=positive(float),
+        default=defaults.send_timeout,
+        metavar="SECONDS",
+        help="close a connection that takes none of our replies for this long (default: %(default)s)",
+    )
+    secret = server.add_mutually_exclusive_group()
+    secret.add_argument(
+        "--token",
+        default=None,
+        help="require the token (AUTENTICAR TOKEN, or 'DESCONEXION TOKEN') to shut down, for ESTADO, and "
+        "for LISTAR beyond loopback; one word, any bytes. It shows in ps: prefer --token-file or "
+        "$ECO_TRIO_TOKEN (default: $ECO_TRIO_TOKEN; unset: DESCONEXION only from loopback)",
+    )
+    secret.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="read the token from FILE (its first line), which keeps it out of ps",
+    )
+    server.add_argument("--no-remote-shutdown", action="store_true", help="refuse DESCONEXION entirely")
+    server.add_argument(
+        "--tls-cert", metavar="FILE", help="certificate (PEM): --port then speaks TLS (1.2 or later)"
+    )
+    server.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    server.add_argument(
+        "--tls-ca",
+        metavar="FILE_OR_DIR",
+        help="require client certificates signed by these CAs (mutual TLS)",
+    )
+    server.add_argument(
+        "--tls-handshake-timeout",
+        type=positive(float),
+        default=defaults.tls_handshake_timeout,
+        metavar="SECONDS",
+        help="close a connection whose TLS handshake takes longer (default: %(default)s)",
+    )
+    server.add_argument(
+        "--tls-admin",
+        action="append",
+        default=[],
+        metavar="FIELD=NAME",
+        help="a client certificate name that may send DESCONEXION without the token, with the field "
+        "it must be in: CN=, DNS=, email=, URI= or IP= (e.g. CN=admin; a certificate with two CNs "
+        "matches no CN=); repeat for more (needs --tls-ca)",
+    )
+    server.add_argument(
+        "--max-handshakes",
+        type=positive(int),
+        default=defaults.max_handshakes,
+        metavar="N",
+        help="TLS connections still in their handshake at once, apart from --max-clients; past it the "
+        "oldest is dropped (default: %(default)s)",
+    )
+    server.add_argument(
+        "--handshake-rate",
+        type=not_negative,
+        default=defaults.handshake_rate,
+        metavar="PER_SECOND",
+        help="TLS handshakes started per second, in all; more wait their turn; 0: no bound "
+        "(default: %(default)g)",
+    )
+    server.add_argument(
+        "--handshake-rate-per-ip",
+        type=not_negative,
+        default=defaults.handshake_rate_per_ip,
+        metavar="PER_SECOND",
+        help="TLS handshakes started per second from one client address; 0: no bound (default: %(default)g)",
+    )
+    server.add_argument(
+        "--plain-port",
+        type=port_number,
+        metavar="PORT",
+        help="with TLS on --port, also listen in plain text on this port",
+    )
+    server.add_argument(
+        "--metrics",
+        metavar="[HOST:]PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST: 127.0.0.1 if left out) "
+        "(default: off)",
+    )
+    server.add_argument(
+        "--io",
+        choices=IO_PATHS,
+        default="auto",
+        help="I/O path: epoll is the Linux fast path, portable runs wherever trio does; auto picks "
+        "$ECO_TRIO_IO if set, else epoll where it exists (default: %(default)s)",
+    )
+    server.add_argument(
+        "--fifo",
+        action="store_true",
+        help="run connection tasks first in, first out (a steadier tail at many busy clients); it "
+        "relies on trio's private scheduler state and is off unless asked for",
+    )
+    server.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="(default: %(default)s)",
+    )
+    server.add_argument(
+        "--log-format",
+        default="text",
+        choices=logs.FORMATS,
+        help="text lines, or one JSON object per line (default: %(default)s)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    # argv and the environment are bytes on POSIX: fsencode gives back the
+    # token exactly as typed, even if it is not UTF-8.
+    try:
+        token = token_from(args)
+    except OSError as exc:
+        print(f"{args.prog} servidor: error: cannot read the token file: {reason(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        config = ServerConfig(
+            host=args.host,
+            port=args.port,
+            grace=args.grace,
+            pause=args.pause,
+            max_line=args.max_line,
+            max_clients=args.max_clients,
+            max_clients_per_ip=args.max_clients_per_ip,
+            idle_timeout=args.idle_timeout,
+            send_timeout=args.send_timeout,
+            token=token,
+            remote_shutdown=not args.no_remote_shutdown,
+            io=_io_path(args.io),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_ca=args.tls_ca,
+            tls_handshake_timeout=args.tls_handshake_timeout,
+            tls_admin=tuple(args.tls_admin),
+            max_handshakes=args.max_handshakes,
+            handshake_rate=args.handshake_rate,
+            handshake_rate_per_ip=args.handshake_rate_per_ip,
+            plain_port=args.plain_port,
+            metrics=args.metrics,
+        )
+        if config.tls_cert is not None and config.tls_key is not None:
+            tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line
+    except ValueError as exc:  # tls.TLSFileError among them: it names the file
+        print(f"{args.prog} servidor: error: {_in_flag_words(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
+    logs.configure(args.log_level, args.log_format, sys.stderr, rewrite=_FlagWords())
+    try:
+        config = dataclasses.replace(
+            config,
+            max_clients=open_files.fit_clients(
+                config.max_clients, config.max_handshakes if config.tls_cert else 0
+            ),
+        )
+        with _task_order(args.fifo):
+            return trio.run(_serve_until_stopped, config)
+    except BaseException as exc:
+        error = only(exc, OSError)
+        if only(exc, KeyboardInterrupt) is not None:
+            return EXIT_INTERRUPTED  # Ctrl-C before the signal handling was set up: nothing to tell
+        if error is None:
+            raise
+        address = error.filename or format_address((args.host, args.port))
+        print(f"{args.prog} servidor: cannot listen on {address}: {reason(error)}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        logs.stop()  # what is queued goes out, unless stderr is stuck
+
+
+#: Signals that shut the server down gracefully: Ctrl-C, a service manager's
+#: stop, and the terminal or SSH session closing (SIGHUP), where they exist.
+_SHUTDOWN_SIGNALS = [
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+]
+
+
+async def _serve_until_stopped(config: ServerConfig) -> int:
+    """Serve; the first shutdown signal shuts down gracefully, a second one
+    during the grace period stops at once."""
+    server = Server(config)
+    forced = False
+    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                nonlocal forced
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if server.shutting_down:
+                        log.warning("%s again: stopping now", name, extra={"event": "signal"})
+                        forced = True
+                        nursery.cancel_scope.cancel()
+                        return
+                    log.info(
+                        "%s: shutting down (send it again to stop at once)", name, extra={"event": "signal"}
+                    )
+                    server.shutdown()
+
+            nursery.start_soon(watch_signals)
+            await server.serve()
+            nursery.cancel_scope.cancel()
+    if forced:
+        server.flush_counts()
+        log.warning("server stopped at once: connections still open were cut", extra={"event": "stopped"})
+    return EXIT_INTERRUPTED if forced else EXIT_OK
+
+
+def _flag_words_pattern() -> re.Pattern[str]:
+    names = sorted((field.name for field in dataclasses.fields(ServerConfig)), key=len, reverse=True)
+    return re.compile(rf"\b(?P<name>{'|'.join(names)})\b(?:=(?P<value>[\w.:-]+))?")
+
+
+#: A setting's name in library text: ``max_clients`` or ``max_clients=10``.
+_SETTING = _flag_words_pattern()
+
+
+def _in_flag_words(message: str) -> str:
+    """Library text names settings (``io=portable``, ``(max_clients)``);
+    the command line's user knows them as flags (``--io portable``,
+    ``(--max-clients)``).  A name is taken for a setting when it has a
+    value, an underscore, or starts the text: ``port``, ``host`` and
+    ``token`` are words too."""
+
+    def flag(match: re.Match[str]) -> str:
+        name, value = match["name"], match["value"]
+        if value is None and "_" not in name and match.start() != 0:
+            return match[0]
+        if name == "remote_shutdown" and value == "False":
+            return "--no-remote-shutdown"
+        text = "--" + name.replace("_", "-")
+        return text if value is None else f"{text} {value}"
+
+    return _SETTING.sub(flag, message)
+
+
+class _FlagWords(logging.Filter):
+    """Every log line in the command line's words (see _in_flag_words)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        # (A setting in a log line has an underscore or a value: the check
+        # spares the usual connect and disconnect lines the regex.)
+        if ("_" in message or "=" in message) and _SETTING.search(message) is not None:
+            record.msg, record.args = _in_flag_words(message), None
+        return True
+
+
+def _task_order(fifo: bool) -> contextlib.AbstractContextManager[object]:
+    """--fifo: first-in, first-out task order (transport/fifo.py), which
+    reaches into trio's private state, so its module is loaded only then."""
+    if not fifo:
+        return contextlib.nullcontext()
+    from eco_trio.transport.fifo import fifo_order
+
+    return fifo_order()
+
+
+def _io_path(requested: str) -> str:
+    """--io, where ``auto`` defers to $ECO_TRIO_IO when it is set."""
+    return (os.environ.get("ECO_TRIO_IO") or "auto") if requested == "auto" else requested
