@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from eco_trio.server.config import ServerConfig
 from eco_trio.server.core import Server
 from eco_trio.transport.readiness import EPOLL_AVAILABLE
-from eco_trio.wire.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, Status, _command
+from eco_trio.wire.commands import command_of
+from eco_trio.wire.protocol import Close, ListClients, Reply, ServerProtocol, Shutdown, Status
 
 from .helpers import Peer, memory_peer, start_server
 
@@ -28,7 +29,7 @@ def needs_no_server_state(text: str) -> bool:
     is connected, counters, whether it shuts down), which the paths do not
     share."""
     for line in text.split("\n"):
-        command = _command(line.encode())
+        command = command_of(line.encode())
         if command is not None and isinstance(command[0], Shutdown | ListClients | Status):
             return False
     return True

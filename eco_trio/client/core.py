@@ -26,7 +26,8 @@ from contextlib import asynccontextmanager
 import trio
 
 from eco_trio.transport.tls import describe
-from eco_trio.wire.protocol import LineReader, parse_reply_header, reply_header
+from eco_trio.wire.commands import parse_reply_header, reply_header
+from eco_trio.wire.lines import LineReader
 
 #: Silence after which a server's unterminated output is shown as a line.
 DEFAULT_PAUSE = 0.1

@@ -17,7 +17,8 @@ from contextlib import aclosing
 import trio
 
 from eco_trio.client.core import Client
-from eco_trio.wire.protocol import LineReader, is_closing_command
+from eco_trio.wire.commands import is_closing_command
+from eco_trio.wire.lines import LineReader
 
 #: How long to wait for the server to close once we asked it to (APAGAR,
 #: DESCONEXION, end of input).

@@ -10,248 +10,41 @@ comes out as a request event for the I/O layer to act on.
 This module never imports trio, socket or asyncio, and never looks at a clock:
 the I/O layer decides *when* an unterminated fragment has waited long enough
 and then calls :meth:`ServerProtocol.flush_fragment`.
+
+The words it speaks and how it tells a command from a line are in
+:mod:`eco_trio.wire.commands` (all re-exported here, where they always
+were); the client's line reader is in :mod:`eco_trio.wire.lines`.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Final
 
+from eco_trio.wire.commands import *  # noqa: F403 (re-exported: the protocol's words)
+from eco_trio.wire.commands import (
+    CLOSE,
+    DEFAULT_MAX_LINE,
+    INVALID_UTF8,
+    MAY_START_SPECIAL,
+    SPECIAL_FIRST_LINE,
+    SPECIAL_LATER_LINE,
+    Close,
+    Event,
+    ForeignProtocol,
+    ListClients,
+    Reply,
+    command_name,
+    command_of,
+    encode_line,
+    is_http,
+    is_tls_client_hello,
+    line_too_long,
+    may_become_tls_header,
+)
+from eco_trio.wire.lines import LineReader as LineReader  # where clients found it before
+from eco_trio.wire.lines import incomplete_utf8_tail
 from eco_trio.wire.telnet import TelnetFilter
-
-DEFAULT_MAX_LINE: Final = 64 * 1024
-
-GREETING: Final = (
-    "BIENVENIDO a eco_trio: escribe una línea y te la devuelvo en mayúsculas. "
-    "Comandos: AYUDA, LISTAR, ESTADO, APAGAR, DESCONEXION."
-)
-HELP: Final = (
-    "COMANDOS: AYUDA (esta ayuda), LISTAR (clientes conectados), ESTADO (contadores del servidor), "
-    "APAGAR (cerrar esta conexión), DESCONEXION (apagar el servidor), "
-    "AUTENTICAR <token> (con token en el servidor); "
-    "cualquier otra línea vuelve en mayúsculas."
-)
-FAREWELL: Final = "ADIOS: conexión cerrada."
-HELLO_REPLY: Final = "HOLA CLIENTE"
-SHUTDOWN_ACK: Final = "DESCONEXION: apagando el servidor."
-SHUTDOWN_NOTICE: Final = "AVISO: el servidor se está apagando; conexión cerrada."
-INVALID_UTF8: Final = "ERROR la línea no es UTF-8 válido; se ignora."
-LISTING_HEADER: Final = "CLIENTES"
-STATUS_HEADER: Final = "ESTADO"
-
-
-def line_too_long(limit: int) -> str:
-    return f"ERROR línea demasiado larga (máximo {limit} bytes); conexión cerrada."
-
-
-def encode_line(text: str) -> bytes:
-    """One reply line as it goes on the wire."""
-    return (text + "\n").encode()
-
-
-def encode_lines(lines: Iterable[str]) -> bytes:
-    return "".join(line + "\n" for line in lines).encode()
-
-
-# --- events -----------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Reply:
-    """Bytes to send as they are: one or more complete reply lines.
-
-    The one event not frozen: one is built for every read on the hot path,
-    and a frozen dataclass costs twice as much to build (its ``__init__``
-    goes through ``object.__setattr__``).  Treat it as immutable."""
-
-    data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class ListClients:
-    """``LISTAR``: the server answers with :func:`encode_lines` of its listing."""
-
-
-@dataclass(frozen=True, slots=True)
-class Shutdown:
-    """``DESCONEXION [token]``: the server decides whether to honour it.  The
-    token is the bytes the client sent, whatever they are."""
-
-    token: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """``ESTADO [token]``: the server answers with its counters."""
-
-    token: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class Authenticate:
-    """``AUTENTICAR <token>``: prove the token once for this session (as
-    Redis' ``AUTH``), for LISTAR, ESTADO and DESCONEXION."""
-
-    token: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class ForeignProtocol:
-    """The peer speaks another protocol (``"HTTP"``, ``"TLS"``): nothing it
-    sent after this is acted on, and the connection should close at once,
-    without a reply.  A browser's request to this port, for one, must never
-    reach DESCONEXION (the cross-protocol attack Redis guards against too)."""
-
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class Close:
-    """The protocol is done with this connection (APAGAR, a fatal error or
-    end of input): send any replies before this event, then close.
-    ``reason`` says which, for the log (it takes no part in equality)."""
-
-    reason: str = field(default="end of input", compare=False)
-
-
-Event = Reply | ListClients | Shutdown | Status | Authenticate | ForeignProtocol | Close
-
-
-# --- recognising commands ---------------------------------------------------
-
-# Commands are ASCII words matched in any ASCII case on the raw bytes, so a
-# look-alike that only Unicode case mapping turns into a command (the long s
-# in "deſconexion", the dotless i in "lıstar") stays an ordinary line, and a
-# DESCONEXION token may be any bytes.  A command's first word starts its line
-# (after ASCII whitespace), so a batch whose ASCII-uppercased lines start with
-# none of these words needs no parse per line.  HTTP look-alikes go to the
-# slow path too, where the cross-protocol guard looks at them: a Host: header
-# starts its line; a request line has "HTTP/" in it, searched for only when
-# the batch has a "/" at all (one memchr).  One regular expression finds the
-# line starts: at 1 KiB it costs a third of six substring searches.
-_SPECIAL_START: Final = rb"[ \t\r\x0b\x0c]*(?:APAGAR|LISTAR|AYUDA|AUTENTICAR|DESCONEXI|ESTADO|HOLA|HOST:)"
-_SPECIAL_FIRST_LINE: Final = re.compile(_SPECIAL_START)
-#: The bytes such a line can start with (most batches start with none: no
-#: regular expression call for them).
-_MAY_START_SPECIAL: Final = frozenset(b" \t\r\x0b\x0cALDEH")
-_SPECIAL_LATER_LINE: Final = re.compile(rb"\n" + _SPECIAL_START)
-
-_CLOSE: Final = Close()
-_LIST: Final = ListClients()
-_SHUTDOWN_WORDS: Final = (b"DESCONEXION", "DESCONEXIÓN".encode(), "DESCONEXIóN".encode())
-_Command = Reply | ListClients | Shutdown | Status | Authenticate
-_SINGLE_WORD: Final[dict[bytes, tuple[_Command, bool]]] = {
-    b"APAGAR": (Reply(encode_line(FAREWELL)), True),
-    b"LISTAR": (_LIST, False),
-    b"ESTADO": (Status(None), False),
-    b"AYUDA": (Reply(encode_line(HELP)), False),
-    b"AUTENTICAR": (Authenticate(None), False),
-    **{word: (Shutdown(None), False) for word in _SHUTDOWN_WORDS},
-}
-_HELLO: Final = (Reply(encode_line(HELLO_REPLY)), False)
-
-#: An HTTP/1.x request line (RFC 9112: method SP target SP version) or the
-#: HTTP/2 preface ("PRI * HTTP/2.0"); methods are tokens, in any case.
-_HTTP_REQUEST_LINE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ \S+ HTTP/\d(\.\d)?")
-
-
-def _command(raw: bytes | bytearray) -> tuple[_Command, bool] | None:
-    """The command the line ``raw`` is, with whether it ends the connection;
-    None when it is an ordinary line."""
-    words = raw.split()
-    if len(words) == 1:
-        return _SINGLE_WORD.get(bytes(words[0].upper()))
-    if len(words) == 2:
-        first = words[0].upper()
-        if first == b"HOLA" and words[1].upper() == b"SERVIDOR":
-            return _HELLO
-        if first in _SHUTDOWN_WORDS:
-            return Shutdown(bytes(words[1])), False  # the token, byte for byte
-        if first == b"ESTADO":
-            return Status(bytes(words[1])), False
-        if first == b"AUTENTICAR":
-            return Authenticate(bytes(words[1])), False
-    return None
-
-
-def _command_name(raw: bytes | bytearray) -> str:
-    """The name a command line is counted under (after :func:`_command`
-    recognised it)."""
-    words = raw.split()
-    first = bytes(words[0].upper())
-    if first.startswith(b"DESCONEXI"):
-        return "DESCONEXION"
-    return "HOLA SERVIDOR" if first == b"HOLA" else first.decode()
-
-
-def _is_http(raw: bytes | bytearray) -> bool:
-    """Whether ``raw`` is an HTTP request line or a ``Host:`` header."""
-    return raw[:5].lower() == b"host:" or _HTTP_REQUEST_LINE.fullmatch(raw) is not None
-
-
-def _is_tls_client_hello(data: bytes | bytearray) -> bool:
-    """A TLS record header: handshake (0x16), version 3.x (SSL 3 to TLS 1.3)."""
-    return len(data) >= 3 and data[0] == 0x16 and data[1] == 0x03 and data[2] <= 0x04
-
-
-def _may_become_tls_header(data: bytes | bytearray) -> bool:
-    """Whether ``data`` is shorter than a TLS record header but could still
-    become one: the first read is then held until it can be told (a
-    ClientHello sent a byte at a time), so what the server decides never
-    depends on how the bytes were split."""
-    return 0 < len(data) < 3 and data[0] == 0x16 and (len(data) < 2 or data[1] == 0x03)
-
-
-# The second byte a UTF-8 sequence may have after each lead byte (RFC 3629:
-# no overlong forms, no surrogates, nothing past U+10FFFF); later bytes are
-# plain continuation bytes.
-_SECOND_BYTE: Final = {
-    **{lead: (0x80, 0xBF) for lead in range(0xC2, 0xF5)},
-    0xE0: (0xA0, 0xBF),
-    0xED: (0x80, 0x9F),
-    0xF0: (0x90, 0xBF),
-    0xF4: (0x80, 0x8F),
-}
-
-
-def _incomplete_utf8_tail(data: bytes | bytearray) -> int:
-    """How many bytes at the end of ``data`` are a true prefix of a UTF-8
-    character that has not fully arrived (0 to 3).  Bytes that can never
-    start or continue a character (0xFF, Latin-1 text, telnet's IAC) are
-    not held: they are invalid now, and waiting will not fix them."""
-    for back in range(1, min(3, len(data)) + 1):
-        lead = data[-back]
-        if lead < 0x80:
-            return 0
-        if lead < 0xC0:
-            continue  # a continuation byte: look further back for its lead
-        if lead not in _SECOND_BYTE:
-            return 0
-        need = 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
-        if back >= need:
-            return 0  # complete (valid or not): nothing to wait for
-        if back >= 2:
-            low, high = _SECOND_BYTE[lead]
-            if not low <= data[-back + 1] <= high:
-                return 0
-        return back
-    return 0
-
-
-def _take_fragment(buffer: bytearray, *, final: bool) -> bytes:
-    """Empty ``buffer`` into a fragment to be shown as a line; unless
-    ``final``, a UTF-8 character cut short stays in ``buffer``."""
-    fragment = bytes(buffer)
-    keep = 0 if final else _incomplete_utf8_tail(fragment)
-    if keep:
-        del buffer[:-keep]
-        return fragment[:-keep]
-    buffer.clear()
-    return fragment
-
 
 #: Work one turn may do before the connection lets others run (memcached's
 #: ``-R``): reply bytes built, and lines looked at.  A turn also ends after
@@ -344,9 +137,9 @@ class ServerProtocol:
         if self._fresh:
             if data:
                 start = bytes(self._buffer) + data if self._buffer else data
-                if _is_tls_client_hello(start):
+                if is_tls_client_hello(start):
                     return self._foreign("TLS")
-                if _may_become_tls_header(start):
+                if may_become_tls_header(start):
                     self._buffer += data  # (a fragment, should the client pause here)
                     return []
             self._fresh = False
@@ -384,7 +177,7 @@ class ServerProtocol:
             events = self._fragment_events()
             if not self._closed:
                 self._closed = True
-                events.append(_CLOSE)
+                events.append(CLOSE)
             return events
         if self._buffer:
             self._held = False
@@ -463,7 +256,7 @@ class ServerProtocol:
         """
         if self._closed or self.has_backlog:
             return []
-        if not self._held and _incomplete_utf8_tail(self._buffer):
+        if not self._held and incomplete_utf8_tail(self._buffer):
             self._held = True
             return []
         return self._fragment_events()
@@ -476,9 +269,9 @@ class ServerProtocol:
         if len(complete) > self._max_line + 1:  # some line may be too long
             return None
         upper = complete.upper()  # ASCII letters only: what commands are matched on
-        if upper[0] in _MAY_START_SPECIAL and _SPECIAL_FIRST_LINE.match(upper):
+        if upper[0] in MAY_START_SPECIAL and SPECIAL_FIRST_LINE.match(upper):
             return None
-        if _SPECIAL_LATER_LINE.search(upper, 0, len(upper) - 1):  # (a "\n" last starts no line)
+        if SPECIAL_LATER_LINE.search(upper, 0, len(upper) - 1):  # (a "\n" last starts no line)
             return None
         if 0x2F in upper and b"HTTP/" in upper:  # 0x2F, "/": an int is found by memchr
             return None
@@ -543,10 +336,10 @@ class ServerProtocol:
         if len(raw) > max_line:
             self._closed, self._close_reason = True, "line too long"
             return encode_line(line_too_long(max_line))
-        command = _command(raw)
+        command = command_of(raw)
         if command is not None:
             event, closes = command
-            self.last_command = _command_name(raw)
+            self.last_command = command_name(raw)
             if self._commands is not None:
                 self._commands[self.last_command] += 1
             if closes:
@@ -556,7 +349,7 @@ class ServerProtocol:
             if not isinstance(event, ListClients) and event.token is not None:
                 self.secret_bytes += length
             return event
-        if _is_http(raw):
+        if is_http(raw):
             self._closed, self._close_reason = True, "HTTP request"
             return ForeignProtocol("HTTP")
         try:
@@ -590,94 +383,3 @@ class ServerProtocol:
 
 
 _INVALID_UTF8_LINE: Final = encode_line(INVALID_UTF8)
-
-
-class LineReader:
-    """Splits what a server sends into lines, for clients.
-
-    Lines end with ``\\n`` (a ``\\r`` before it is dropped); bytes that are not
-    valid UTF-8 are shown as U+FFFD rather than raising.  A server that never
-    ends its lines is still readable: the I/O layer calls :meth:`flush` after
-    a pause and gets the fragment as a line.  Memory is capped: a fragment
-    longer than ``max_line`` is handed out in pieces of that size.
-    """
-
-    __slots__ = ("_buffer", "_max_line")
-
-    def __init__(self, max_line: int = 1024 * 1024) -> None:
-        self._buffer = bytearray()  # grows in place, as in ServerProtocol
-        self._max_line = max_line
-
-    @property
-    def has_fragment(self) -> bool:
-        return bool(self._buffer)
-
-    def feed(self, data: bytes) -> list[str]:
-        self._buffer += data
-        lines: list[bytes] = []
-        if b"\n" in data:
-            *lines, rest = bytes(self._buffer).split(b"\n")
-            self._buffer[:] = rest
-        while len(self._buffer) > self._max_line:
-            lines.append(bytes(self._buffer[: self._max_line]))
-            del self._buffer[: self._max_line]
-        return [_decode_shown(line) for line in lines]
-
-    def flush(self, *, final: bool = False) -> str | None:
-        """The fragment waiting for its newline, as a line (None if empty).
-
-        Unless ``final``, a UTF-8 character cut short stays buffered."""
-        fragment = _take_fragment(self._buffer, final=final)
-        return _decode_shown(fragment) if fragment else None
-
-
-def _decode_shown(raw: bytes) -> str:
-    if raw.endswith(b"\r"):
-        raw = raw[:-1]
-    return raw.decode(errors="replace")
-
-
-def is_closing_command(line: str | bytes) -> bool:
-    """Whether sending ``line`` asks the server to close this connection
-    (``APAGAR``, or ``DESCONEXION`` with or without a token)."""
-    command = _command(line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line)
-    return command is not None and (command[1] or isinstance(command[0], Shutdown))
-
-
-def is_shutdown_command(line: str) -> bool:
-    """Whether sending ``line`` asks the server to shut down (DESCONEXION)."""
-    command = _command(line.encode("utf-8", "surrogateescape"))
-    return command is not None and isinstance(command[0], Shutdown)
-
-
-def carries_token(line: str | bytes) -> bool:
-    """Whether ``line`` is a command with a token on it (``AUTENTICAR``,
-    ``ESTADO``/``DESCONEXION`` with an argument): not to be kept in a
-    history or shown."""
-    command = _command(line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line)
-    return (
-        command is not None
-        and isinstance(command[0], (Shutdown, Status, Authenticate))
-        and (command[0].token is not None)
-    )
-
-
-#: The header word a multi-line reply starts with, by the kind of command.
-_HEADERS: Final = {ListClients: LISTING_HEADER, Status: STATUS_HEADER}
-
-
-def reply_header(line: str) -> str | None:
-    """The header word a multi-line reply to ``line`` would start with
-    (``CLIENTES`` for LISTAR, ``ESTADO`` for ESTADO), or None for a
-    one-line reply."""
-    command = _command(line.encode("utf-8", "surrogateescape"))
-    return None if command is None else _HEADERS.get(type(command[0]))
-
-
-def parse_reply_header(line: str, word: str = LISTING_HEADER) -> int | None:
-    """How many lines follow a ``<word> <n>`` header, or None when ``line``
-    is not one (an ERROR, or another server's reply)."""
-    words = line.split()
-    if len(words) == 2 and words[0] == word and words[1].isdigit():
-        return int(words[1])
-    return None
