@@ -174,7 +174,7 @@ def test_bench_against_a_server_that_never_ends_its_lines_says_why() -> None:
 
 
 def test_the_bottleneck_note_does_not_ask_a_pinned_bench_to_pin(monkeypatch: pytest.MonkeyPatch) -> None:
-    from eco_trio.bench import core as bench
+    from eco_trio.bench import report as bench
     from eco_trio.bench.core import BenchResult
 
     result = BenchResult("pingpong", 50, 1, 64, 3.0)
