@@ -18,7 +18,8 @@ import trio
 import trio.testing
 
 from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, ServerConfig, idle_timeout_in_force
-from eco_trio.server.connection import LISTING_PART, serve_connection
+from eco_trio.server.connection import serve_connection
+from eco_trio.server.control import LISTING_PART
 from eco_trio.server.core import Server
 from eco_trio.wire import protocol
 

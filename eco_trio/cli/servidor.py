@@ -28,6 +28,7 @@ from eco_trio.cli.common import (
     token_from,
 )
 from eco_trio.server import logs, open_files
+from eco_trio.server.cluster import DeploymentError
 from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig
 from eco_trio.server.core import Server
 from eco_trio.server.registry import format_address
@@ -181,6 +182,42 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
         help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST: 127.0.0.1 if left out) "
         "(default: off)",
     )
+    cluster = server.add_argument_group(
+        "many servers as one (a deployment on Redis; needs pip install eco_trio[cluster])"
+    )
+    cluster.add_argument(
+        "--redis",
+        metavar="URL",
+        default=os.environ.get("ECO_TRIO_REDIS_URL") or None,
+        help="join the deployment on this Redis (redis://, rediss:// or unix://): LISTAR, "
+        "DESCONEXION, --max-clients and ESTADO then span every node on it; $ECO_TRIO_REDIS_URL "
+        "keeps a password out of ps (default: off)",
+    )
+    cluster.add_argument(
+        "--deployment",
+        metavar="NAME",
+        default=defaults.deployment,
+        help="the deployment's name: its keys' prefix in Redis (default: %(default)s)",
+    )
+    cluster.add_argument(
+        "--node", metavar="NAME", help="this node's name in the deployment (default: HOSTNAME:PORT)"
+    )
+    cluster.add_argument(
+        "--heartbeat",
+        type=positive(float),
+        default=defaults.heartbeat,
+        metavar="SECONDS",
+        help="how often a node tells Redis it lives, and sends its counters (default: %(default)s)",
+    )
+    cluster.add_argument(
+        "--lease",
+        type=positive(float),
+        default=defaults.lease,
+        metavar="SECONDS",
+        help="how long a silent node still counts; past it, its clients leave LISTAR and its share "
+        "of --max-clients is freed, and a node cut off from Redis refuses new clients (default: "
+        "%(default)s)",
+    )
     server.add_argument(
         "--io",
         choices=IO_PATHS,
@@ -241,6 +278,11 @@ def run(args: argparse.Namespace) -> int:
             handshake_rate_per_ip=args.handshake_rate_per_ip,
             plain_port=args.plain_port,
             metrics=args.metrics,
+            redis=args.redis,
+            deployment=args.deployment,
+            node=args.node,
+            heartbeat=args.heartbeat,
+            lease=args.lease,
         )
         if config.tls_cert is not None and config.tls_key is not None:
             tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line
@@ -261,6 +303,9 @@ def run(args: argparse.Namespace) -> int:
         error = only(exc, OSError)
         if only(exc, KeyboardInterrupt) is not None:
             return EXIT_INTERRUPTED  # Ctrl-C before the signal handling was set up: nothing to tell
+        if (unjoined := only(exc, DeploymentError)) is not None:
+            print(f"{args.prog} servidor: error: {_in_flag_words(str(unjoined))}", file=sys.stderr)
+            return EXIT_FAILURE
         if error is None:
             raise
         address = error.filename or format_address((args.host, args.port))

@@ -41,6 +41,10 @@ _ACCEPT_BATCH = 64
 #: How long a client refused after its TLS handshake gets to take the line
 #: that says why.
 _REFUSAL_WAIT = 1.0
+#: What a client hears from a node that has lost its deployment's Redis.
+_FENCED_LINE: Final = protocol.encode_line(
+    "ERROR este nodo ha perdido el contacto con su despliegue (Redis); inténtalo más tarde."
+)
 #: Every connection task's name, given so trio does not build one string per
 #: task (an idle connection keeps it).
 _TASK_NAME: Final = "eco_trio.connection"
@@ -70,12 +74,16 @@ class Admission:
     ) -> None:
         """Accept until the backlog is empty, then wait; forever."""
         send_timeout = self.control.config.send_timeout
+        node = self.control.node
         fd = listener.fileno()
         readiness.register(listener)
         abort = readiness.aborter(fd)
         while True:
             await readiness.wait_readable(fd, abort)
             accepted = 0
+            # In a deployment, the clients of one accept batch are admitted
+            # together: one round trip to Redis, not one each.
+            batch: list[tuple[socket.socket, ClientEntry]] = []
             while True:
                 try:
                     sock, peer = listener.accept()
@@ -95,19 +103,76 @@ class Admission:
                     # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(self._serve_tls, stream, address, context, name=_TASK_NAME)
-                elif isinstance(entry := self.admit(address), bytes):
+                elif isinstance(entry := self._register(address), bytes):
                     refuse(sock, entry)
+                elif node is not None:
+                    batch.append((sock, entry))
                 else:
+                    self._admitted(entry)
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(serve_connection, self.control, stream, entry, name=_TASK_NAME)
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
+                    if batch:
+                        await self._admit_together(batch, connections, readiness)
+                        batch = []
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
+            if batch:
+                await self._admit_together(batch, connections, readiness)
+
+    async def _admit_together(
+        self, batch: list[tuple[socket.socket, ClientEntry]], connections: trio.Nursery, readiness: Readiness
+    ) -> None:
+        """Admit an accept batch against the deployment-wide cap, in accept
+        order: the first ones the cap allows start their conversations, the
+        rest are told why not and closed."""
+        node = self.control.node
+        assert node is not None
+        try:
+            verdict = await node.admit([entry.address for _, entry in batch])
+        except BaseException:  # cancelled (shutting down): nobody is admitted
+            for sock, entry in batch:
+                self.control.registry.unregister(entry)
+                sock.close()
+            raise
+        admitted, first = verdict if verdict is not None else (0, 0)
+        send_timeout = self.control.config.send_timeout
+        for index, (sock, entry) in enumerate(batch):
+            if index < admitted:
+                entry.seq = first + index
+                node.joined(entry)
+                self._admitted(entry)
+                stream = SocketStream(sock, readiness, send_timeout=send_timeout)
+                connections.start_soon(serve_connection, self.control, stream, entry, name=_TASK_NAME)
+            else:
+                self.control.registry.unregister(entry)
+                refuse(sock, self._deployment_refusal(entry.address, fenced=verdict is None))
+
+    def _deployment_refusal(self, address: str, *, fenced: bool) -> bytes:
+        """The line for a client the deployment did not admit (counted,
+        logged once a second)."""
+        self.control.totals.refused["full"] += 1
+        if fenced:
+            self._refusals.note("refused %s: this node cannot reach its deployment (Redis)", address)
+            return _FENCED_LINE
+        self._refusals.note(
+            "refused %s: the deployment already has %d clients (max_clients)",
+            address,
+            self.control.config.max_clients,
+        )
+        return self._refusal_line
 
     def admit(self, address: str) -> ClientEntry | bytes:
-        """Register a new client, in accept order; or the line that refuses
-        it (counted, logged once a second) when the server is full, or full
-        for its source."""
+        """Register a new client of this server alone, in accept order; or
+        the line that refuses it (counted, logged once a second) when the
+        server is full, or full for its source."""
+        entry = self._register(address)
+        if not isinstance(entry, bytes):
+            self._admitted(entry)
+        return entry
+
+    def _register(self, address: str) -> ClientEntry | bytes:
+        """The local half of admission: the registry's limits."""
         control = self.control
         registry = control.registry
         entry = registry.register(address, trio.current_time())
@@ -126,15 +191,18 @@ class Admission:
             control.totals.refused["full"] += 1
             self._refusals.note("refused %s: already %d clients (max_clients)", address, registry.max_clients)
             return self._refusal_line
-        control.totals.connections += 1
+        return entry
+
+    def _admitted(self, entry: ClientEntry) -> None:
+        """Count and log a client that is in."""
+        self.control.totals.connections += 1
         if log.isEnabledFor(logging.INFO):
             log.info(
                 "connected %s (%s)",
-                escape(address),
-                plural(len(registry), "client"),
-                extra={"event": "connected", "peer": address},
+                escape(entry.address),
+                plural(len(self.control.registry), "client"),
+                extra={"event": "connected", "peer": entry.address},
             )
-        return entry
 
     async def _serve_tls(self, stream: SocketStream, address: str, context: ssl.SSLContext) -> None:
         """Handshake (a pending connection, apart from the clients), then
@@ -148,7 +216,7 @@ class Admission:
             tls_stream = await self._handshake(stream, address, context)
             if tls_stream is None:
                 return
-            entry = self.admit(address)
+            entry = await self._admit_one(address)
             if isinstance(entry, bytes):
                 with trio.move_on_after(_REFUSAL_WAIT), contextlib.suppress(trio.BrokenResourceError):
                     await tls_stream.send_all(entry)
@@ -163,6 +231,24 @@ class Admission:
             if not handed_over:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(tls_stream or stream)
+
+    async def _admit_one(self, address: str) -> ClientEntry | bytes:
+        """Admission for one client (after its TLS handshake)."""
+        entry = self._register(address)
+        node = self.control.node
+        if isinstance(entry, bytes):
+            return entry
+        if node is None:
+            self._admitted(entry)
+            return entry
+        verdict = await node.admit([address])
+        if verdict is None or verdict[0] == 0:
+            self.control.registry.unregister(entry)
+            return self._deployment_refusal(address, fenced=verdict is None)
+        entry.seq = verdict[1]
+        node.joined(entry)
+        self._admitted(entry)
+        return entry
 
     async def _handshake(
         self, stream: SocketStream, address: str, context: ssl.SSLContext

@@ -73,6 +73,18 @@ class ServerConfig:
     plain_port: int | None = None
     #: Serve Prometheus metrics on this ``[HOST:]PORT`` (None: no).
     metrics: str | None = None
+    #: Join the deployment on this Redis (``redis://``, ``rediss://``,
+    #: ``unix://``): LISTAR, DESCONEXION, max_clients and ESTADO then span
+    #: every node sharing it.  None: a single server, no Redis.
+    redis: str | None = None
+    #: The deployment's name: the prefix of its keys in Redis.
+    deployment: str = "eco_trio"
+    #: This node's name in the deployment (None: ``hostname:port``).
+    node: str | None = None
+    #: Seconds between a node's heartbeats, and how long a node that stops
+    #: beating is still counted (its clients, its share of max_clients).
+    heartbeat: float = 1.0
+    lease: float = 5.0
 
     def __post_init__(self) -> None:
         positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
@@ -116,6 +128,14 @@ class ServerConfig:
                 parse_address(self.metrics)
             except ValueError as exc:
                 raise ValueError(f"metrics takes [HOST:]PORT, not {self.metrics!r}: {exc}") from None
+        if not (self.heartbeat > 0 and self.lease >= 2 * self.heartbeat):
+            raise ValueError("heartbeat must be greater than 0, and lease at least twice the heartbeat")
+        words: dict[str, str | None] = {"deployment": self.deployment, "node": self.node}
+        for name, word in words.items():
+            if word is not None and (not word or "|" in word or word.split() != [word]):
+                raise ValueError(f"{name} must be one word without '|', not {word!r}")
+        if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis takes a redis://, rediss:// or unix:// URL")
         if self.plain_port is not None and not 0 <= self.plain_port <= 65535:
             raise ValueError(f"plain_port must be between 0 and 65535, not {self.plain_port}")
 

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 import trio
 
 from eco_trio.server.handle import ConnectionHandle
-from eco_trio.server.registry import ClientEntry, Registry, listing_rows
+from eco_trio.server.registry import ClientEntry, Registry
 from eco_trio.server.stats import Totals
 from eco_trio.transport.conduit import Conduit, conduit
 from eco_trio.transport.socket_stream import ReceiveInterrupted, SendTimeout
@@ -73,8 +73,9 @@ class Host(Protocol):
     def connection_ended(self, entry: ClientEntry) -> None: ...
     def listing_refusal(self, entry: ClientEntry) -> str | None: ...
     def status_lines(self, entry: ClientEntry, token: bytes | None) -> Answer: ...
+    async def listing(self, requester: ClientEntry) -> tuple[str, AsyncIterator[list[str]]]: ...
     def authenticate(self, entry: ClientEntry, token: bytes | None) -> Answer: ...
-    def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> Answer: ...
+    async def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> Answer: ...
 
 
 log = logging.getLogger("eco_trio.server")
@@ -90,9 +91,6 @@ LINGER_SECONDS = 1.0
 LINGER_QUIET = 0.2
 LINGER_BYTES = 256 * 1024
 
-#: LISTAR rows formatted and sent per part: about 50 KiB, one turn's worth
-#: (protocol.TURN_OUTPUT), so a listing of many clients is never built whole.
-LISTING_PART = 1024
 
 _GREETING = protocol.encode_line(protocol.GREETING)
 
@@ -347,7 +345,7 @@ async def _answer(
                 out = []
             case Shutdown() | Status() | Authenticate():
                 # Their replies depend on the server's state now: sent now.
-                lines, end = _decide(host, entry, event)
+                lines, end = await _decide(host, entry, event)
                 data = b"".join(out) + protocol.encode_lines(lines)
                 out = []
                 if end is not None:
@@ -371,10 +369,10 @@ async def _answer(
     return None
 
 
-def _decide(host: Host, entry: ClientEntry, event: Shutdown | Status | Authenticate) -> Answer:
+async def _decide(host: Host, entry: ClientEntry, event: Shutdown | Status | Authenticate) -> Answer:
     """The server's decision on a command that needs its state."""
     if isinstance(event, Shutdown):
-        return host.shutdown_requested_by(entry, event.token)
+        return await host.shutdown_requested_by(entry, event.token)
     if isinstance(event, Status):
         return host.status_lines(entry, event.token)
     return host.authenticate(entry, event.token)
@@ -407,23 +405,21 @@ _FOREIGN = {
 
 
 async def _send_listing(host: Host, link: Conduit, entry: ClientEntry, before: bytes) -> None:
-    """LISTAR's reply in parts of LISTING_PART rows, each sent before the
-    next is built, with a turn for everyone else between parts: its cost
-    grows with the number of clients, and must not stall them."""
-    entries = host.registry.snapshot()
-    now = trio.current_time()
+    """LISTAR's reply, part by part as the host builds them (see
+    ``Control.listing``), each sent before the next is built."""
     # The replies before LISTAR in the same read are counted before the
     # requester's own row shows its counts.
     _count_out(entry, before)
-    header = protocol.encode_line(f"{protocol.LISTING_HEADER} {len(entries)}")
-    for start in range(0, len(entries) or 1, LISTING_PART):
-        if start:
-            await trio.lowlevel.checkpoint()
-        rows = listing_rows(entries[start : start + LISTING_PART], entry, now)
-        part = header + protocol.encode_lines(rows)
-        _count_out(entry, part)
-        await link.send_all(before + part)
-        before = header = b""
+    header, parts = await host.listing(entry)
+    data = before + protocol.encode_line(header)
+    async for rows in parts:
+        data += protocol.encode_lines(rows)
+        _count_out(entry, data)
+        await link.send_all(data)
+        data = b""
+    if data:  # no rows at all: the header alone
+        _count_out(entry, data)
+        await link.send_all(data)
 
 
 async def _close_gracefully(link: Conduit) -> None:

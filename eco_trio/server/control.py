@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -21,14 +22,21 @@ from eco_trio.server import auth, logs
 from eco_trio.server.auth import TokenGuard, Verdict
 from eco_trio.server.config import ServerConfig, is_loopback
 from eco_trio.server.handshakes import Handshakes
-from eco_trio.server.registry import ClientEntry, Registry
+from eco_trio.server.registry import ClientEntry, Registry, listing_rows
 from eco_trio.server.stats import Totals, memory, slug
 from eco_trio.server.throttle import Throttles, plural
 from eco_trio.transport import tls
 from eco_trio.wire import protocol
 from eco_trio.wire.visible import escape
 
+if TYPE_CHECKING:  # loaded only with --redis (it needs coredis)
+    from eco_trio.server.cluster.node import Node
+
 log = logging.getLogger("eco_trio.server")
+
+#: LISTAR rows formatted and sent per part: about 50 KiB, one turn's worth
+#: (protocol.TURN_OUTPUT), so a listing of many clients is never built whole.
+LISTING_PART = 1024
 
 #: The causes ESTADO always shows a refusal count for (0 when none).
 REFUSALS = (
@@ -69,6 +77,8 @@ class Control:
         self._wrong_tokens = throttles.line(logging.WARNING)
         self._shutdown = trio.Event()
         self._clock: Callable[[], float] | None = None
+        #: This server's membership of a deployment (--redis), once joined.
+        self.node: Node | None = None
 
     def clock(self) -> Callable[[], float]:
         """The run's clock (``trio.current_time`` without its lookups): one
@@ -91,6 +101,8 @@ class Control:
     def connection_ended(self, entry: ClientEntry) -> None:
         """Count a finished conversation and log why it ended."""
         self.totals.connection_ended(entry, entry.end_reason)
+        if self.node is not None:
+            self.node.left(entry)
         if not log.isEnabledFor(logging.INFO):  # its arguments cost a busy server
             return
         log.info(
@@ -147,15 +159,53 @@ class Control:
 
     def status_lines(self, entry: ClientEntry, token: bytes | None) -> Answer:
         """ESTADO's reply: a header, then ``clave valor`` lines.  With a
-        token set, only for who proves it (as DESCONEXION)."""
+        token set, only for who proves it (as DESCONEXION).  In a deployment
+        the counters are its totals; a node cut off from Redis answers with
+        its own, and its header says ``parcial``."""
         if (refusal := self._check_token(entry, token, "ESTADO")) is not None:
             return refusal
         pairs = self.status()
-        header = f"{protocol.STATUS_HEADER} {len(pairs)}"
+        header = f"{protocol.STATUS_HEADER} {len(pairs)}" + (" parcial" if self._partial() else "")
         return [header, *(f"{key} {value}" for key, value in pairs.items())], None
 
+    def _partial(self) -> bool:
+        return self.node is not None and self.node.fenced
+
     def status(self) -> dict[str, object]:
-        """Every counter and setting ESTADO and the metrics show."""
+        """Every counter and setting ESTADO and the metrics show: the
+        deployment's totals in a deployment (see cluster/node.py)."""
+        own = self.local_status()
+        if self.node is None or self.node.fenced:
+            return own
+        return self.node.merged_status(own)
+
+    async def listing(self, requester: ClientEntry) -> tuple[str, AsyncIterator[list[str]]]:
+        """LISTAR's header line and its rows in parts of LISTING_PART, each
+        built only when the one before has been sent: its cost grows with
+        the number of clients and must not stall them."""
+        now = trio.current_time()
+        node = self.node
+        name = node.name if node is not None else None
+
+        def own_rows(entries: list[ClientEntry]) -> list[str]:
+            return listing_rows(entries, requester, now, node=name)
+
+        if node is not None and (deployment := await node.listing(own_rows)) is not None:
+            count, parts = deployment
+            return f"{protocol.LISTING_HEADER} {count}", parts
+        entries = self.registry.snapshot()
+        partial = " parcial" if node is not None else ""
+
+        async def local_parts() -> AsyncIterator[list[str]]:
+            for start in range(0, len(entries), LISTING_PART):
+                if start:
+                    await trio.lowlevel.checkpoint()
+                yield own_rows(entries[start : start + LISTING_PART])
+
+        return f"{protocol.LISTING_HEADER} {len(entries)}{partial}", local_parts()
+
+    def local_status(self) -> dict[str, object]:
+        """Every counter and setting of this server alone."""
         config, totals = self.config, self.totals
         live = self.registry.snapshot()
         current, peak = memory()
@@ -184,9 +234,10 @@ class Control:
             "send_timeout_s": config.send_timeout,
         }
 
-    def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> Answer:
+    async def shutdown_requested_by(self, entry: ClientEntry, token: bytes | None) -> Answer:
         """A client's DESCONEXION: honoured (the conversation ends with
-        "DESCONEXION") or refused."""
+        "DESCONEXION") or refused.  In a deployment it stops every node, or,
+        when Redis cannot carry it, none."""
         config = self.config
         if not config.remote_shutdown:
             return ["ERROR DESCONEXION está desactivado en este servidor."], None
@@ -206,6 +257,11 @@ class Control:
             return [
                 "ERROR DESCONEXION solo se acepta desde localhost; arranca el servidor "
                 "con --token para permitirlo desde otras máquinas."
+            ], None
+        if self.node is not None and (why := await self.node.request_stop()) is not None:
+            log.warning("DESCONEXION from %s refused: %s", entry.address, why)
+            return [
+                f"ERROR DESCONEXION no llega a todo el despliegue ({why}); no se apaga ningún nodo."
             ], None
         if admin is None:
             log.info(

@@ -126,10 +126,52 @@ class Server:
                 sock.close()
             raise
         try:
-            await self._serve(listeners, addresses, task_status, endpoint)
+            if config.redis is None:
+                await self._serve(listeners, addresses, task_status, endpoint)
+            else:
+                await self._serve_in_deployment(listeners, addresses, task_status, endpoint)
         finally:
             if endpoint is not None:
                 endpoint.listener.close()
+
+    async def _serve_in_deployment(
+        self,
+        listeners: Listeners,
+        addresses: list[str],
+        task_status: trio.TaskStatus[list[str]],
+        endpoint: MetricsEndpoint | None,
+    ) -> None:
+        """Join the deployment on ``config.redis``, then serve as one of its
+        nodes (cluster/node.py); leave it at the end.  Raises
+        ``DeploymentError`` when it cannot join."""
+        from eco_trio.server.cluster.node import Node
+
+        config, control = self.config, self.control
+        node = Node(
+            config.redis or "",
+            config.deployment,
+            name=config.node,
+            heartbeat=config.heartbeat,
+            lease=config.lease,
+            cap=config.max_clients,
+        )
+        try:
+            async with node:
+                await node.join(addresses[0], control.local_status)
+                control.node = node
+                await self._serve(listeners, addresses, task_status, endpoint)
+        except BaseException:
+            for sock, _ in listeners:
+                sock.close()  # (a second close is harmless)
+            raise
+        finally:
+            control.node = None
+
+    def _stop_from_deployment(self, why: str) -> None:
+        """Another node accepted a DESCONEXION: stop this one too."""
+        if not self.shutting_down:
+            log.info("shutting down: %s", why, extra={"event": "desconexion"})
+            self.control.shutdown()
 
     async def _open_listeners(self) -> Listeners:
         """The client listeners: TLS ones if configured, then plain ones."""
@@ -187,6 +229,8 @@ class Server:
                             kind = "TLS" if sock_context is not None else "plain text"
                             log.info("listening on %s (%s)", address, kind, extra={"event": "listening"})
                         acceptors.start_soon(self.throttles.flush_every_second)
+                        if self.control.node is not None:
+                            acceptors.start_soon(self.control.node.run, self._stop_from_deployment)
                         if endpoint is not None:
                             acceptors.start_soon(endpoint.serve)
                         task_status.started(addresses)

@@ -59,6 +59,8 @@ class ClientEntry:
     #: metrics' labels; the detail only goes to the log.
     end_reason: str = "connection ended"
     end_detail: str = ""
+    #: Its place in the deployment's admission order (``--redis``; 0 alone).
+    seq: int = 0
     #: The conversation's protocol state, for the last command LISTAR shows.
     protocol: ServerProtocol | None = field(default=None, repr=False)
 
@@ -138,9 +140,11 @@ class Registry:
             handle.notify(line)
 
 
-def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, now: float) -> list[str]:
-    """``LISTAR``'s rows: address first, then age, idle time, and a mark on
-    the requester's own row."""
+def listing_rows(
+    entries: Iterable[ClientEntry], requester: ClientEntry | None, now: float, *, node: str | None = None
+) -> list[str]:
+    """``LISTAR``'s rows: address first, then age, idle time, the node
+    (in a deployment), and a mark on the requester's own row."""
     rows = []
     for entry in entries:
         row = (
@@ -155,5 +159,7 @@ def listing_rows(entries: Iterable[ClientEntry], requester: ClientEntry | None, 
             row += f" ultimo={entry.protocol.last_command.replace(' ', '_')}"
         if entry.certificate_names:
             row += f" cert={escape_word(entry.certificate_names[0])}"
+        if node is not None:
+            row += f" nodo={node}"
         rows.append(row + " (tú)" if entry is requester else row)
     return rows

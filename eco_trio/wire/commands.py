@@ -234,8 +234,11 @@ def reply_header(line: str) -> str | None:
 
 def parse_reply_header(line: str, word: str = LISTING_HEADER) -> int | None:
     """How many lines follow a ``<word> <n>`` header, or None when ``line``
-    is not one (an ERROR, or another server's reply)."""
+    is not one (an ERROR, or another server's reply).  A node cut off from
+    its deployment adds ``parcial``: it answers with its own part only."""
     words = line.split()
+    if words[2:] == ["parcial"]:
+        words = words[:2]
     if len(words) == 2 and words[0] == word and words[1].isdigit():
         return int(words[1])
     return None

@@ -1,0 +1,492 @@
+"""One server's membership of a deployment: joining, the heartbeat, the
+deployment-wide admission, the shared LISTAR, ESTADO and DESCONEXION, and
+what happens when Redis is lost.
+
+Redis is off the per-message path: a message costs nothing here.  A
+connection costs one round trip per *accept batch* (admission), and
+everything else a node tells Redis (its clients' counters, who left, its
+status) goes once per heartbeat.  Every call has a deadline
+(:data:`CALL_TIMEOUT`): a frozen Redis must not freeze the node.
+
+Failure, in short (docs/PROTOCOL.md has the whole story): a node that has
+had no successful heartbeat for a lease *fences* itself (refuses new
+clients, answers LISTAR and ESTADO from its own data marked ``parcial``,
+refuses DESCONEXION), and rejoins by itself when Redis answers again,
+registering everything anew, which also covers a Redis restarted empty.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import coredis
+import coredis.exceptions
+import trio
+from coredis.retry import NoRetryPolicy
+
+from eco_trio.server.cluster import DeploymentError, scripts
+from eco_trio.server.registry import ClientEntry
+from eco_trio.wire.visible import escape_word
+
+log = logging.getLogger("eco_trio.server")
+# coredis logs each retry at INFO ("No matching script", after a Redis
+# restart); the node says what matters in its own words.
+logging.getLogger("coredis").setLevel(logging.WARNING)
+
+#: How long any one call to Redis may take.
+CALL_TIMEOUT = 1.0
+#: LISTAR rows fetched from Redis per round trip (and sent per part).
+PART = 1024
+
+_FAILURES = (
+    OSError,
+    trio.TooSlowError,
+    coredis.exceptions.RedisError,
+    coredis.exceptions.ConnectionError,
+    TimeoutError,
+)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else "***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+@dataclass
+class Peer:
+    """Another node, as its last heartbeat described it."""
+
+    name: str
+    info: dict[str, Any]
+
+
+def _row(entry: ClientEntry, redis_ms: Callable[[float], int], now: float) -> str:
+    """A client's row as Redis keeps it: tab-separated, escaped fields."""
+    parser = entry.protocol
+    secret = parser.secret_bytes if parser is not None else 0
+    command = parser.last_command if parser is not None else None
+    return "\t".join(
+        (
+            entry.address,
+            str(redis_ms(entry.connected_at)),
+            str(entry.lines_in),
+            str(entry.lines_out),
+            str(entry.bytes_in - secret),
+            str(entry.bytes_out),
+            str(redis_ms(entry.last_line_at)),
+            (command or "").replace(" ", "_").replace("\t", "_"),
+            escape_word(entry.certificate_names[0]) if entry.certificate_names else "",
+        )
+    )
+
+
+def _format_row(node: str, row: str, now_ms: int) -> str:
+    """A LISTAR row from a Redis row: today's form, plus ``nodo=``."""
+    fields = row.split("\t")
+    address, connected = fields[0], int(fields[1])
+    if len(fields) < 9:  # admitted since that node's last heartbeat
+        fields += ["0", "0", "0", "0", str(connected), "", ""]
+    lines_in, lines_out, bytes_in, bytes_out, last_line, command, cert = fields[2:9]
+    text = (
+        f"{address} conectado={max(0, now_ms - connected) / 1000:.0f}s"
+        f" inactivo={max(0, now_ms - int(last_line)) / 1000:.0f}s"
+        f" lineas={lines_in}/{lines_out} bytes={bytes_in}/{bytes_out}"
+    )
+    if command:
+        text += f" ultimo={command}"
+    if cert:
+        text += f" cert={cert}"
+    return f"{text} nodo={node}"
+
+
+class Node:
+    """This server in the deployment ``deployment`` on the Redis at ``url``.
+
+    Resource handling: an async context manager; leaving it leaves the
+    deployment (this node's clients and share go at once).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        deployment: str,
+        *,
+        name: str | None,
+        heartbeat: float,
+        lease: float,
+        cap: int,
+    ) -> None:
+        self.url, self.deployment = url, deployment
+        self.prefix = f"{deployment}:"
+        self.name = name or ""
+        self.heartbeat, self.lease, self.cap = heartbeat, lease, cap
+        self.instance = secrets.token_hex(8)
+        self.address = ""
+        self.fenced = False
+        self.peers: dict[str, Peer] = {}
+        self._redis: coredis.Redis[str] = coredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            stream_timeout=CALL_TIMEOUT,
+            connect_timeout=CALL_TIMEOUT,
+            retry_policy=NoRetryPolicy(),
+        )
+        self._scripts = {
+            name: self._redis.register_script(source)
+            for name, source in {
+                "register": scripts.REGISTER,
+                "admit": scripts.ADMIT,
+                "heartbeat": scripts.HEARTBEAT,
+                "leave": scripts.LEAVE,
+                "stop": scripts.STOP,
+                "rows": scripts.ROWS,
+            }.items()
+        }
+        self._local: dict[int, ClientEntry] = {}  # seq -> this node's clients
+        self._left = 0  # clients gone since the last heartbeat
+        self._gone: list[str] = []  # their ``seq|address`` fields
+        self._sent: dict[int, tuple[int, int, int]] = {}  # seq -> counters last sent
+        self._stop_generation = 0
+        self._offset_ms = 0.0  # Redis's clock minus trio's, in ms
+        self._last_ok = -math.inf
+        self._status: Callable[[], dict[str, object]] = dict
+
+    # --- joining and leaving ----------------------------------------------------
+
+    async def __aenter__(self) -> Node:
+        try:
+            await self._redis.__aenter__()
+        except _FAILURES as exc:
+            raise DeploymentError(f"cannot reach Redis at {redacted(self.url)}: {exc}") from None
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                with trio.fail_after(CALL_TIMEOUT):
+                    await self._scripts["leave"](args=[self.prefix, self.name, self.instance])
+            except _FAILURES:
+                pass  # its lease ends by itself
+        # (Outside the shield: the client's task group was entered outside it.)
+        await self._redis.__aexit__(None, None, None)
+
+    async def join(self, address: str, status: Callable[[], dict[str, object]]) -> None:
+        """Register this node (listening on ``address``); DeploymentError
+        when Redis does not answer or another live node has the name."""
+        self.address = address
+        self.name = self.name or f"{socket.gethostname()}:{address.rsplit(':', 1)[1]}"
+        self._status = status
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                await self._redis.ping()
+            registered = await self._register()
+        except _FAILURES as exc:
+            raise DeploymentError(f"cannot reach Redis at {redacted(self.url)}: {_why(exc)}") from None
+        if registered:
+            await self._beat(lambda why: None)  # learn the other nodes now
+        if not registered:
+            raise DeploymentError(
+                f"the name {self.name} is taken by a live node of deployment {self.deployment}: "
+                "give this one another with node=NAME"
+            )
+        log.info(
+            "joined deployment %s as node %s on %s: %d node(s)",
+            self.deployment,
+            self.name,
+            redacted(self.url),
+            len(self.peers) + 1,
+            extra={"event": "cluster_join"},
+        )
+
+    async def _register(self) -> bool:
+        now = trio.current_time()
+        rows: list[str] = []
+        for seq, entry in self._local.items():
+            rows += [f"{seq}|{entry.address}", _row(entry, self._redis_ms, now)]
+        with trio.fail_after(CALL_TIMEOUT * 4):
+            reply: list[Any] = await self._scripts["register"](
+                args=[
+                    self.prefix,
+                    self.name,
+                    self.instance,
+                    int(self.lease * 1000),
+                    self._info(),
+                    max(self._local, default=0),
+                    *rows,
+                ]
+            )
+        if reply[0] == -1:
+            return False
+        self._clock_from(int(reply[0]))
+        if not self._stop_generation:
+            self._stop_generation = int(reply[1])
+        self._left, self._gone, self._sent = 0, [], {}
+        self._last_ok = trio.current_time()
+        return True
+
+    # --- the heartbeat and the stop signal ----------------------------------------
+
+    async def run(self, stop: Callable[[str], None]) -> None:
+        """Heartbeat and listen for DESCONEXION until cancelled; ``stop``
+        starts this node's shutdown, given who asked."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeats, stop)
+            nursery.start_soon(self._listen, stop)
+
+    async def _heartbeats(self, stop: Callable[[str], None]) -> None:
+        while True:
+            await trio.sleep(self.heartbeat)
+            try:
+                await self._beat(stop)
+            except _FAILURES as exc:
+                self._missed(exc)
+
+    async def _beat(self, stop: Callable[[str], None]) -> None:
+        now = trio.current_time()
+        dirty: list[str] = []
+        for seq, entry in self._local.items():
+            counters = (entry.lines_in, entry.lines_out, entry.bytes_out)
+            if self._sent.get(seq) != counters:
+                self._sent[seq] = counters
+                dirty += [f"{seq}|{entry.address}", _row(entry, self._redis_ms, now)]
+        left, gone = self._left, self._gone
+        with trio.fail_after(CALL_TIMEOUT):
+            reply: list[Any] = await self._scripts["heartbeat"](
+                args=[
+                    self.prefix,
+                    self.name,
+                    self.instance,
+                    int(self.lease * 1000),
+                    self._info(),
+                    left,
+                    len(gone),
+                    *gone,
+                    *dirty,
+                ]
+            )
+        if reply[0] == -1:  # reaped while away, or Redis lost its keys
+            log.warning(
+                "deployment: this node (%s) had been forgotten; registering again",
+                self.name,
+                extra={"event": "cluster_rejoin"},
+            )
+            await self._register()
+            self._regained()
+            return
+        self._left -= left
+        del self._gone[: len(gone)]
+        self._clock_from(int(reply[0]))
+        self._regained()
+        if int(reply[1]) > self._stop_generation:
+            self._stop_generation = int(reply[1])
+            stop("a DESCONEXION in the deployment (seen at the heartbeat)")
+        self._update_peers(reply[2:])
+
+    def _update_peers(self, flat: list[str]) -> None:
+        peers = {}
+        for name, info in zip(flat[::2], flat[1::2], strict=True):
+            if name != self.name:
+                try:
+                    peers[name] = Peer(name, json.loads(info))
+                except ValueError:
+                    continue
+        for name in peers.keys() - self.peers.keys():
+            log.info("deployment: node %s joined", name, extra={"event": "cluster_node_up"})
+        for name in self.peers.keys() - peers.keys():
+            log.info("deployment: node %s left", name, extra={"event": "cluster_node_down"})
+        self.peers = peers
+
+    def _missed(self, exc: BaseException) -> None:
+        if not self.fenced and trio.current_time() - self._last_ok > self.lease:
+            self.fenced = True
+            log.warning(
+                "deployment: node %s lost Redis (%s): no new clients until it is back",
+                self.name,
+                _why(exc),
+                extra={"event": "cluster_lost"},
+            )
+
+    def _regained(self) -> None:
+        self._last_ok = trio.current_time()
+        if self.fenced:
+            self.fenced = False
+            log.info("deployment: node %s regained Redis", self.name, extra={"event": "cluster_regained"})
+
+    async def _listen(self, stop: Callable[[str], None]) -> None:
+        """DESCONEXION, fast: through pub/sub.  get_message with a timeout
+        keeps working across a reconnection (an ``async for`` over the
+        subscription ends silently then); a message published while the
+        subscriber was away is caught by the heartbeat's stop generation."""
+        channel = self.prefix + "events"
+        while True:
+            try:
+                async with self._redis.pubsub(channels=[channel], ignore_subscribe_messages=True) as pubsub:
+                    while True:
+                        message = await pubsub.get_message(timeout=self.heartbeat)
+                        if message is None or message.get("type") != "message":
+                            continue
+                        words = str(message.get("data", "")).split()
+                        stopping = len(words) == 3 and words[0] == "stop" and words[1].isdigit()
+                        if stopping and int(words[1]) > self._stop_generation:
+                            self._stop_generation = int(words[1])
+                            stop(f"DESCONEXION through node {escape_word(words[2])}")
+            except _FAILURES:
+                await trio.sleep(min(self.heartbeat, 1.0))
+
+    # --- what the server asks ------------------------------------------------------
+
+    async def admit(self, addresses: list[str]) -> tuple[int, int] | None:
+        """How many of ``addresses`` (in accept order) the deployment-wide
+        cap admits, and the first one's admission number; None when this
+        node cannot ask (fenced, or Redis failed: refuse them)."""
+        if self.fenced:
+            return None
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                reply: list[Any] = await self._scripts["admit"](
+                    args=[self.prefix, self.name, self.instance, self.cap, *addresses]
+                )
+        except _FAILURES as exc:
+            log.warning("deployment: admission failed on node %s: %s", self.name, _why(exc))
+            return None
+        if reply[0] == -1:
+            return None  # forgotten: the heartbeat registers again
+        self._clock_from(int(reply[2]))
+        return int(reply[0]), int(reply[1])
+
+    def joined(self, entry: ClientEntry) -> None:
+        self._local[entry.seq] = entry
+
+    def left(self, entry: ClientEntry) -> None:
+        if self._local.pop(entry.seq, None) is not None:
+            self._left += 1
+            self._gone.append(f"{entry.seq}|{entry.address}")
+            self._sent.pop(entry.seq, None)
+
+    async def request_stop(self) -> str | None:
+        """Stop every node: None once Redis has it, else why not."""
+        if self.fenced:
+            return "este nodo ha perdido el contacto con Redis"
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                generation: int = await self._scripts["stop"](args=[self.prefix, self.name])
+        except _FAILURES:
+            return "Redis no responde"
+        self._stop_generation = max(self._stop_generation, int(generation))
+        return None
+
+    async def listing(
+        self, own_rows: Callable[[list[ClientEntry]], list[str]]
+    ) -> tuple[int, AsyncIterator[list[str]]] | None:
+        """Every client of the deployment, in admission order: the count and
+        the rows in parts; None when Redis cannot say (answer locally).
+        This node's rows come from its own, fresh data (``own_rows``)."""
+        if self.fenced:
+            return None
+        try:
+            with trio.fail_after(CALL_TIMEOUT):
+                members: list[str] = list(await self._redis.zrange(self.prefix + "order", 0, -1))
+        except _FAILURES:
+            return None
+
+        async def parts() -> AsyncIterator[list[str]]:
+            for start in range(0, len(members), PART):
+                chunk = members[start : start + PART]
+                remote = [m for m in chunk if not m.startswith(self.name + "|")]
+                rows: dict[str, str | None] = {}
+                now_ms = 0
+                if remote:
+                    try:
+                        with trio.fail_after(CALL_TIMEOUT):
+                            reply: list[Any] = await self._scripts["rows"](args=[self.prefix, *remote])
+                        now_ms = int(reply[0])
+                        rows = dict(zip(remote, reply[1:], strict=True))
+                    except _FAILURES:
+                        rows = {}
+                else:
+                    await trio.lowlevel.checkpoint()
+                out: list[str] = []
+                for member in chunk:
+                    node, seq, address = member.split("|", 2)
+                    entry = self._local.get(int(seq)) if node == self.name else None
+                    if entry is not None:
+                        out += own_rows([entry])
+                    elif (row := rows.get(member)) is not None:
+                        out.append(_format_row(node, row, now_ms))
+                    else:  # it left since the listing began: its address is all there is
+                        out.append(f"{address} nodo={node}")
+                yield out
+
+        return len(members), parts()
+
+    def merged_status(self, own: dict[str, object]) -> dict[str, object]:
+        """ESTADO for the deployment: ``own`` (this node, fresh) plus every
+        peer's last heartbeat for the counters; then one line per node."""
+        merged = dict(own)
+        for peer in self.peers.values():
+            for key, value in peer.info.get("status", {}).items():
+                if key in _NODE_OWN or not isinstance(value, int):
+                    continue
+                current = merged.get(key, 0)
+                merged[key] = (current if isinstance(current, int) else 0) + value
+        merged["deployment"] = self.deployment
+        merged["nodes"] = len(self.peers) + 1
+        merged[f"node.{self.name}"] = (
+            f"address={self.address} clients={own.get('clients', 0)} heartbeat_age_s=0.0"
+        )
+        for peer in sorted(self.peers.values(), key=lambda p: p.name):
+            age = max(0.0, (self._redis_ms(trio.current_time()) - int(peer.info.get("at_ms", 0))) / 1000)
+            merged[f"node.{peer.name}"] = (
+                f"address={peer.info.get('address', '-')} "
+                f"clients={peer.info.get('status', {}).get('clients', 0)} heartbeat_age_s={age:.1f}"
+            )
+        return merged
+
+    # --- clocks and what a heartbeat says -------------------------------------------
+
+    def _clock_from(self, redis_now_ms: int) -> None:
+        self._offset_ms = redis_now_ms - trio.current_time() * 1000
+
+    def _redis_ms(self, trio_time: float) -> int:
+        return int(trio_time * 1000 + self._offset_ms)
+
+    def _info(self) -> str:
+        status = {key: value for key, value in self._status().items() if isinstance(value, int)}
+        return json.dumps(
+            {"address": self.address, "at_ms": self._redis_ms(trio.current_time()), "status": status}
+        )
+
+
+#: ESTADO keys that describe one node, not the deployment: never added up.
+_NODE_OWN = frozenset(
+    {
+        "pid",
+        "uptime_s",
+        "rss_bytes",
+        "peak_rss_bytes",
+        "max_clients",
+        "max_clients_per_ip",
+        "max_line",
+        "idle_timeout_s",
+        "send_timeout_s",
+    }
+)
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer within {CALL_TIMEOUT:g} s"
+    return str(exc) or type(exc).__name__
