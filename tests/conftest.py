@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trustme
 
 from .pki import Pki
+from .redis_server import RedisServer, redis_server
 
 
 @pytest.fixture(autouse=True)
@@ -60,3 +62,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pki(tmp_path: Path) -> Pki:
     """A fresh certificate authority, and a folder for the files it issues."""
     return Pki(trustme.CA(), tmp_path)
+
+
+@pytest.fixture
+def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for this test alone (skips if it is missing)."""
+    folder = tmp_path_factory.mktemp("redis")
+    folder.chmod(0o700)
+    with redis_server(folder) as server:
+        yield server
