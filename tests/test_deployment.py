@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -27,7 +28,7 @@ class Line:
     """A client over a plain socket: what nc would do, line by line."""
 
     #: Every one still open; nodes() closes them at the end of the test.
-    opened: list[Line] = []
+    opened: ClassVar[list[Line]] = []
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)

@@ -159,7 +159,12 @@ class Server:
             async with node:
                 await node.join(addresses[0], control.local_status)
                 control.node = node
-                await self._serve(listeners, addresses, task_status, endpoint)
+                # The heartbeat outlives the acceptors: it runs through the
+                # grace period, and stopping it never delays the notice.
+                async with trio.open_nursery() as background:
+                    background.start_soon(node.run, self._stop_from_deployment)
+                    await self._serve(listeners, addresses, task_status, endpoint)
+                    background.cancel_scope.cancel()
         except BaseException:
             for sock, _ in listeners:
                 sock.close()  # (a second close is harmless)
@@ -229,8 +234,6 @@ class Server:
                             kind = "TLS" if sock_context is not None else "plain text"
                             log.info("listening on %s (%s)", address, kind, extra={"event": "listening"})
                         acceptors.start_soon(self.throttles.flush_every_second)
-                        if self.control.node is not None:
-                            acceptors.start_soon(self.control.node.run, self._stop_from_deployment)
                         if endpoint is not None:
                             acceptors.start_soon(endpoint.serve)
                         task_status.started(addresses)

@@ -76,6 +76,7 @@ _GAUGES: Final = {
     "clients": ("eco_trio_clients", "Clients connected now"),
     "tls_handshakes_pending": ("eco_trio_tls_handshakes_pending", "TLS connections in their handshake"),
     "rss_bytes": ("eco_trio_resident_memory_bytes", "Resident memory"),
+    "nodes": ("eco_trio_deployment_nodes", "Live nodes of the deployment (servidor --redis)"),
 }
 
 

@@ -13,6 +13,7 @@ Keys, under the deployment's prefix ``P`` (``--deployment NAME`` + ``:``):
 * ``P:clients:NODE``: hash, ``seq|address`` -> the client's row
   (tab-separated; its counters as of the node's last heartbeat)
 * ``P:stop``: the stop generation (DESCONEXION increments it)
+* ``P:listing:ID``: a LISTAR's snapshot of the order, for a few seconds
 * channel ``P:events``: ``stop GEN NODE``, published with the increment
 
 Every time is Redis's own (``TIME``), never a node's clock, so machines
@@ -176,17 +177,29 @@ redis.call('PUBLISH', p .. 'events', 'stop ' .. generation .. ' ' .. ARGV[2])
 return generation
 """
 
-#: ARGV: prefix, then ``node|seq|address`` members.  Returns ``{now, row...}``,
-#: ``false`` for a client that left meanwhile.
-ROWS: Final = (
+#: ARGV: prefix, listing id, first index, part size, snapshot TTL (ms).
+#: LISTAR, one part per call: at index 0 the order is copied into a
+#: snapshot of its own (``P:listing:ID``, expiring), so every part comes
+#: from the same moment, and no call handles more than one part.  Returns
+#: ``{now, total, member, row, member, row...}``; a row is ``""`` for a
+#: client that left since the snapshot.
+LIST: Final = (
     _COMMON
     + r"""
-local p = ARGV[1]
-local reply = {now_ms()}
-for i = 2, #ARGV do
-  local node, field = string.match(ARGV[i], '^([^|]*)|(.*)$')
-  reply[i] = redis.call('HGET', p .. 'clients:' .. node, field)
+local p, start, size = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4])
+local snapshot = p .. 'listing:' .. ARGV[2]
+if start == 0 then
+  redis.call('COPY', p .. 'order', snapshot)
+  redis.call('PEXPIRE', snapshot, ARGV[5])
 end
+local total = redis.call('ZCARD', snapshot)
+local reply = {now_ms(), total}
+for _, member in ipairs(redis.call('ZRANGE', snapshot, start, start + size - 1)) do
+  local node, field = string.match(member, '^([^|]*)|(.*)$')
+  reply[#reply + 1] = member
+  reply[#reply + 1] = redis.call('HGET', p .. 'clients:' .. node, field) or ''
+end
+if start + size >= total then redis.call('DEL', snapshot) end
 return reply
 """
 )
