@@ -132,7 +132,7 @@ def test_a_connection_storm_never_exceeds_the_deployment_cap(redis: RedisServer)
     """Three nodes, --max-clients 30 for the deployment, 150 connections
     at once spread over them: exactly 30 greeted, the rest told why."""
     cap, attempts = 30, 150
-    with nodes(redis, 3, "--max-clients", str(cap)) as servers:
+    with nodes(redis, 3, *FAST, "--max-clients", str(cap)) as servers:
         socks = [
             socket.create_connection(("127.0.0.1", servers[i % 3].port), timeout=TIMEOUT)
             for i in range(attempts)
@@ -151,6 +151,10 @@ def test_a_connection_storm_never_exceeds_the_deployment_cap(redis: RedisServer)
         finally:
             for sock in socks:
                 sock.close()
+        # Every close reaches Redis at its node's next heartbeat: nothing
+        # of the storm is left behind, in the order or in the cap.
+        eventually(lambda: redis.command("ZCARD", "eco_trio:order") == 0)
+        eventually(lambda: redis.command("HVALS", "eco_trio:counts") == ["0", "0", "0"])
 
 
 def test_a_killed_node_leaves_listar_and_frees_its_share_within_the_lease(redis: RedisServer) -> None:
@@ -249,3 +253,21 @@ def test_without_redis_no_redis_client_is_loaded() -> None:
     program = "import sys, eco_trio.cli.main, eco_trio.server.core; print('coredis' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=TIMEOUT)
     assert result.stdout.strip() == "False"
+
+
+def test_the_metrics_add_up_the_nodes(redis: RedisServer) -> None:
+    import re
+    import urllib.request
+
+    with nodes(redis, 2, *FAST, "--metrics", "127.0.0.1:0") as (first, second):
+        Line(first.port)
+        Line(second.port)
+        address = re.search(r"metrics on http://(\S+)/metrics", "".join(first.log))
+        assert address is not None
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://{address[1]}/metrics", timeout=TIMEOUT) as response:
+                return str(response.read().decode())
+
+        eventually(lambda: "eco_trio_clients 2.0" in scrape())
+        assert "eco_trio_deployment_nodes 2.0" in scrape()

@@ -268,7 +268,7 @@ class Node:
             if self._sent.get(seq) != counters:
                 self._sent[seq] = counters
                 dirty += [f"{seq}|{entry.address}", _row(entry, self._redis_ms, now)]
-        left, gone = self._left, self._gone
+        left, gone = self._left, list(self._gone)  # (more may leave during the call)
         with trio.fail_after(CALL_TIMEOUT):
             reply: list[Any] = await self._scripts["heartbeat"](
                 args=[
