@@ -203,6 +203,8 @@ def test_a_frozen_redis_fences_the_nodes_and_they_rejoin(redis: RedisServer) -> 
             assert Line(first.port).greeting.startswith("ERROR este nodo ha perdido")
             header, rows = a.block("LISTAR")
             assert header == "CLIENTES 1 parcial" and rows[0].endswith("(tú)")
+            header, rows = a.block("ESTADO")
+            assert header.endswith(" parcial") and "clients 1" in rows
             assert a.request("DESCONEXION").startswith("ERROR DESCONEXION no llega a todo el despliegue")
             assert first.process.poll() is None and second.process.poll() is None
         finally:
@@ -271,3 +273,14 @@ def test_the_metrics_add_up_the_nodes(redis: RedisServer) -> None:
 
         eventually(lambda: "eco_trio_clients 2.0" in scrape())
         assert "eco_trio_deployment_nodes 2.0" in scrape()
+
+
+def test_redis_without_the_cluster_extra_says_what_to_install() -> None:
+    program = (
+        "import sys; sys.modules['coredis'] = None; from eco_trio.cli.main import main; "
+        "sys.exit(main(['servidor', '--port', '0', '--redis', 'redis://127.0.0.1:1']))"
+    )
+    result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 1, result.stderr
+    assert "--redis needs" in result.stderr and "eco_trio[cluster]" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -411,15 +411,15 @@ async def _send_listing(host: Host, link: Conduit, entry: ClientEntry, before: b
     # requester's own row shows its counts.
     _count_out(entry, before)
     header, parts = await host.listing(entry)
-    data = before + protocol.encode_line(header)
+    data = protocol.encode_line(header)
     async for rows in parts:
         data += protocol.encode_lines(rows)
         _count_out(entry, data)
-        await link.send_all(data)
-        data = b""
+        await link.send_all(before + data)
+        before = data = b""
     if data:  # no rows at all: the header alone
         _count_out(entry, data)
-        await link.send_all(data)
+        await link.send_all(before + data)
 
 
 async def _close_gracefully(link: Conduit) -> None:

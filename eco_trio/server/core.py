@@ -23,6 +23,7 @@ import trio
 
 from eco_trio._version import __version__
 from eco_trio.server.admission import Admission
+from eco_trio.server.cluster import DeploymentError
 from eco_trio.server.config import (
     ServerConfig,
     clients_per_ip_in_force,
@@ -144,7 +145,13 @@ class Server:
         """Join the deployment on ``config.redis``, then serve as one of its
         nodes (cluster/node.py); leave it at the end.  Raises
         ``DeploymentError`` when it cannot join."""
-        from eco_trio.server.cluster.node import Node
+        try:
+            from eco_trio.server.cluster.node import Node
+        except ImportError as exc:
+            raise DeploymentError(
+                f"redis needs a Redis client that this installation lacks ({exc.name}): "
+                "pip install 'eco_trio[cluster]'"
+            ) from None
 
         config, control = self.config, self.control
         node = Node(
@@ -162,7 +169,7 @@ class Server:
                 # The heartbeat outlives the acceptors: it runs through the
                 # grace period, and stopping it never delays the notice.
                 async with trio.open_nursery() as background:
-                    background.start_soon(node.run, self._stop_from_deployment)
+                    await background.start(node.run, self._stop_from_deployment)
                     await self._serve(listeners, addresses, task_status, endpoint)
                     background.cancel_scope.cancel()
         except BaseException:

@@ -242,12 +242,17 @@ class Node:
 
     # --- the heartbeat and the stop signal ----------------------------------------
 
-    async def run(self, stop: Callable[[str], None]) -> None:
+    async def run(
+        self, stop: Callable[[str], None], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """Heartbeat and listen for DESCONEXION until cancelled; ``stop``
-        starts this node's shutdown, given who asked."""
+        starts this node's shutdown, given who asked.  Started (for
+        ``nursery.start``) once the node is subscribed, so a DESCONEXION
+        sent to any node after this one takes clients reaches it at once."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeats, stop)
-            nursery.start_soon(self._listen, stop)
+            await nursery.start(self._listen, stop)
+            task_status.started()
 
     async def _heartbeats(self, stop: Callable[[str], None]) -> None:
         while True:
@@ -331,17 +336,27 @@ class Node:
             self.fenced = False
             log.info("deployment: node %s regained Redis", self.name, extra={"event": "cluster_regained"})
 
-    async def _listen(self, stop: Callable[[str], None]) -> None:
+    async def _listen(
+        self, stop: Callable[[str], None], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         """DESCONEXION, fast: through pub/sub.  get_message with a timeout
         keeps working across a reconnection (an ``async for`` over the
         subscription ends silently then); a message published while the
-        subscriber was away is caught by the heartbeat's stop generation."""
+        subscriber was away is caught by the heartbeat's stop generation.
+        Reports started once subscribed, or after CALL_TIMEOUT without it
+        (the heartbeat still carries a stop)."""
         channel = self.prefix + "events"
+        started = False
+        give_up_at = trio.current_time() + CALL_TIMEOUT
         while True:
             try:
-                async with self._redis.pubsub(channels=[channel], ignore_subscribe_messages=True) as pubsub:
+                async with self._redis.pubsub(channels=[channel]) as pubsub:
                     while True:
-                        message = await pubsub.get_message(timeout=self.heartbeat)
+                        wait = self.heartbeat if started else max(0.0, give_up_at - trio.current_time())
+                        message = await pubsub.get_message(timeout=wait)
+                        if not started and (message is None or message.get("type") == "subscribe"):
+                            started = True
+                            task_status.started()
                         if message is None or message.get("type") != "message":
                             continue
                         words = str(message.get("data", "")).split()
@@ -350,6 +365,9 @@ class Node:
                             self._stop_generation = int(words[1])
                             stop(f"DESCONEXION through node {escape_word(words[2])}")
             except _FAILURES:
+                if not started:
+                    started = True
+                    task_status.started()
                 await trio.sleep(min(self.heartbeat, 1.0))
 
     # --- what the server asks ------------------------------------------------------
