@@ -64,6 +64,9 @@ class Admission:
         self._failed_accepts = throttles.line(logging.ERROR)
         # At INFO, once a second at most: a handshake flood must not flood the log.
         self._handshake_failures = throttles.line(logging.INFO)
+        # In a deployment: accepted, registered here, waiting for Redis.
+        self._waiting: list[tuple[socket.socket, ClientEntry]] = []
+        self._more = trio.Event()
 
     async def accept_loop(
         self,
@@ -81,9 +84,6 @@ class Admission:
         while True:
             await readiness.wait_readable(fd, abort)
             accepted = 0
-            # In a deployment, the clients of one accept batch are admitted
-            # together: one round trip to Redis, not one each.
-            batch: list[tuple[socket.socket, ClientEntry]] = []
             while True:
                 try:
                     sock, peer = listener.accept()
@@ -106,19 +106,36 @@ class Admission:
                 elif isinstance(entry := self._register(address), bytes):
                     refuse(sock, entry)
                 elif node is not None:
-                    batch.append((sock, entry))
+                    self._waiting.append((sock, entry))  # see admit_in_batches
+                    self._more.set()
                 else:
                     self._admitted(entry)
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     connections.start_soon(serve_connection, self.control, stream, entry, name=_TASK_NAME)
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
-                    if batch:
-                        await self._admit_together(batch, connections, readiness)
-                        batch = []
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
-            if batch:
-                await self._admit_together(batch, connections, readiness)
+
+    async def admit_in_batches(self, connections: trio.Nursery, readiness: Readiness) -> None:
+        """In a deployment: admit whoever the accept loops have accepted,
+        all of them in one round trip to Redis.  While a round trip is under
+        way the accept loops go on accepting, so under load the batches
+        grow and a connection costs a fraction of a round trip; when idle,
+        a batch is one connection and waits for nothing else.
+
+        Resource handling: closes whatever is still waiting when cancelled."""
+        try:
+            while True:
+                await self._more.wait()
+                self._more = trio.Event()
+                while self._waiting:
+                    batch, self._waiting = self._waiting, []
+                    await self._admit_together(batch, connections, readiness)
+        finally:
+            for sock, entry in self._waiting:
+                self.control.registry.unregister(entry)
+                sock.close()
+            self._waiting = []
 
     async def _admit_together(
         self, batch: list[tuple[socket.socket, ClientEntry]], connections: trio.Nursery, readiness: Readiness

@@ -241,6 +241,8 @@ class Server:
                             kind = "TLS" if sock_context is not None else "plain text"
                             log.info("listening on %s (%s)", address, kind, extra={"event": "listening"})
                         acceptors.start_soon(self.throttles.flush_every_second)
+                        if self.control.node is not None:
+                            acceptors.start_soon(self.admission.admit_in_batches, connections, readiness)
                         if endpoint is not None:
                             acceptors.start_soon(endpoint.serve)
                         task_status.started(addresses)

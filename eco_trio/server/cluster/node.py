@@ -32,7 +32,7 @@ import coredis.exceptions
 import trio
 from coredis.retry import NoRetryPolicy
 
-from eco_trio.server.cluster import DeploymentError, scripts
+from eco_trio.server.cluster import DeploymentError, resp, scripts
 from eco_trio.server.registry import ClientEntry
 from eco_trio.wire.visible import escape_word
 
@@ -55,6 +55,8 @@ _FAILURES = (
     coredis.exceptions.RedisError,
     coredis.exceptions.ConnectionError,
     TimeoutError,
+    trio.BrokenResourceError,
+    resp.ReplyError,
 )
 
 
@@ -147,17 +149,8 @@ class Node:
             connect_timeout=CALL_TIMEOUT,
             retry_policy=NoRetryPolicy(),
         )
-        self._scripts = {
-            name: self._redis.register_script(source)
-            for name, source in {
-                "register": scripts.REGISTER,
-                "admit": scripts.ADMIT,
-                "heartbeat": scripts.HEARTBEAT,
-                "leave": scripts.LEAVE,
-                "stop": scripts.STOP,
-                "list": scripts.LIST,
-            }.items()
-        }
+        #: The node's own calls (scripts): see resp.py for why not coredis.
+        self._link = resp.Link(url)
         self._local: dict[int, ClientEntry] = {}  # seq -> this node's clients
         self._left = 0  # clients gone since the last heartbeat
         self._gone: list[str] = []  # their ``seq|address`` fields
@@ -180,9 +173,10 @@ class Node:
         with trio.CancelScope(shield=True):
             try:
                 with trio.fail_after(CALL_TIMEOUT):
-                    await self._scripts["leave"](args=[self.prefix, self.name, self.instance])
+                    await self._link.script(scripts.LEAVE, self.prefix, self.name, self.instance)
             except _FAILURES:
                 pass  # its lease ends by itself
+            await self._link.aclose()
         # (Outside the shield: the client's task group was entered outside it.)
         await self._redis.__aexit__(None, None, None)
 
@@ -194,7 +188,7 @@ class Node:
         self._status = status
         try:
             with trio.fail_after(CALL_TIMEOUT):
-                await self._redis.ping()
+                await self._link.call("PING")
             registered = await self._register()
         except _FAILURES as exc:
             raise DeploymentError(f"cannot reach Redis at {redacted(self.url)}: {_why(exc)}") from None
@@ -220,8 +214,9 @@ class Node:
         for seq, entry in self._local.items():
             rows += [f"{seq}|{entry.address}", _row(entry, self._redis_ms, now)]
         with trio.fail_after(CALL_TIMEOUT * 4):
-            reply: list[Any] = await self._scripts["register"](
-                args=[
+            reply = _array(
+                await self._link.script(
+                    scripts.REGISTER,
                     self.prefix,
                     self.name,
                     self.instance,
@@ -229,7 +224,7 @@ class Node:
                     self._info(),
                     max(self._local, default=0),
                     *rows,
-                ]
+                )
             )
         if reply[0] == -1:
             return False
@@ -275,8 +270,9 @@ class Node:
                 dirty += [f"{seq}|{entry.address}", _row(entry, self._redis_ms, now)]
         left, gone = self._left, list(self._gone)  # (more may leave during the call)
         with trio.fail_after(CALL_TIMEOUT):
-            reply: list[Any] = await self._scripts["heartbeat"](
-                args=[
+            reply = _array(
+                await self._link.script(
+                    scripts.HEARTBEAT,
                     self.prefix,
                     self.name,
                     self.instance,
@@ -286,7 +282,7 @@ class Node:
                     len(gone),
                     *gone,
                     *dirty,
-                ]
+                )
             )
         if reply[0] == -1:  # reaped while away, or Redis lost its keys
             log.warning(
@@ -380,8 +376,10 @@ class Node:
             return None
         try:
             with trio.fail_after(CALL_TIMEOUT):
-                reply: list[Any] = await self._scripts["admit"](
-                    args=[self.prefix, self.name, self.instance, self.cap, *addresses]
+                reply = _array(
+                    await self._link.script(
+                        scripts.ADMIT, self.prefix, self.name, self.instance, self.cap, *addresses
+                    )
                 )
         except _FAILURES as exc:
             log.warning("deployment: admission failed on node %s: %s", self.name, _why(exc))
@@ -406,10 +404,11 @@ class Node:
             return "este nodo ha perdido el contacto con Redis"
         try:
             with trio.fail_after(CALL_TIMEOUT):
-                generation: int = await self._scripts["stop"](args=[self.prefix, self.name])
+                generation = await self._link.script(scripts.STOP, self.prefix, self.name)
         except _FAILURES:
             return "Redis no responde"
-        self._stop_generation = max(self._stop_generation, int(generation))
+        if isinstance(generation, int):
+            self._stop_generation = max(self._stop_generation, generation)
         return None
 
     async def listing(
@@ -447,8 +446,10 @@ class Node:
 
     async def _list_part(self, listing_id: str, start: int, size: int) -> list[Any]:
         with trio.fail_after(CALL_TIMEOUT):
-            reply: list[Any] = await self._scripts["list"](
-                args=[self.prefix, listing_id, start, size, int(CALL_TIMEOUT * 30 * 1000)]
+            reply = _array(
+                await self._link.script(
+                    scripts.LIST, self.prefix, listing_id, start, size, int(CALL_TIMEOUT * 30 * 1000)
+                )
             )
         return reply
 
@@ -521,6 +522,13 @@ _NODE_OWN = frozenset(
         "send_timeout_s",
     }
 )
+
+
+def _array(reply: resp.Reply) -> list[Any]:
+    """A script's reply, which is always an array."""
+    if not isinstance(reply, list):
+        raise resp.ReplyError(f"unexpected reply from Redis: {reply!r}")
+    return reply
 
 
 def _why(exc: BaseException) -> str:
