@@ -31,4 +31,4 @@ async def test_a_client_leaving_during_a_heartbeat_is_reported_at_the_next(redis
             node.left(entries[1])  # meanwhile
         await node._beat(lambda why: None)
         assert redis.command("ZCARD", "t:order") == 0
-        assert redis.command("HGET", "t:counts", "n1") == "0"
+        assert redis.command("HLEN", "t:clients:n1") == 0

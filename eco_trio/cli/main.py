@@ -9,6 +9,7 @@ in ``common.py``.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from eco_trio._version import __version__
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.prog = parser.prog
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if args.command == "servidor":
         return servidor.run(args)
     if args.command == "bench":

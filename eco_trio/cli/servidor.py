@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import sys
 
 import trio
@@ -29,9 +30,11 @@ from eco_trio.cli.common import (
 )
 from eco_trio.server import logs, open_files
 from eco_trio.server.cluster import DeploymentError
-from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig
+from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig, parse_address
 from eco_trio.server.core import Server
+from eco_trio.server.listeners import open_listeners
 from eco_trio.server.registry import format_address
+from eco_trio.server.supervisor import Supervisor, worker_count
 from eco_trio.transport import tls
 from eco_trio.transport.readiness import IO_PATHS
 from eco_trio.wire.protocol import DEFAULT_MAX_LINE
@@ -219,6 +222,18 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
         "%(default)s)",
     )
     server.add_argument(
+        "--workers",
+        metavar="N",
+        help="run N worker processes (auto: one per usable core) under a supervisor that keeps them "
+        "alive, as one deployment (a private redis-server unless --redis is given); SIGUSR2 "
+        "replaces them one at a time without dropping a connection (default: one process)",
+    )
+    # How a supervisor starts a worker (not for people): inherited listening
+    # sockets, the worker's name, and the pipes it reports on.
+    server.add_argument("--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
+    server.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
+    server.add_argument("--worker", help=argparse.SUPPRESS)
+    server.add_argument(
         "--io",
         choices=IO_PATHS,
         default="auto",
@@ -289,7 +304,14 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # tls.TLSFileError among them: it names the file
         print(f"{args.prog} servidor: error: {_in_flag_words(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(args.log_level, args.log_format, sys.stderr, rewrite=_FlagWords())
+    if args.worker is not None:
+        # A worker is a node named after its slot (within --node's name, if given).
+        config = dataclasses.replace(
+            config, node=f"{config.node}-{args.worker}" if config.node else args.worker
+        )
+        if args.metrics_fd is None:
+            config = dataclasses.replace(config, metrics=None)  # one endpoint: another worker serves it
+    logs.configure(args.log_level, args.log_format, sys.stderr, rewrite=_FlagWords(), worker=args.worker)
     try:
         config = dataclasses.replace(
             config,
@@ -298,6 +320,10 @@ def run(args: argparse.Namespace) -> int:
             ),
         )
         with _task_order(args.fifo):
+            if args.workers is not None:
+                return trio.run(_supervise, config, args)
+            if args.worker is not None:
+                return trio.run(_serve_as_worker, config, args)
             return trio.run(_serve_until_stopped, config)
     except BaseException as exc:
         error = only(exc, OSError)
@@ -351,6 +377,111 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
         server.flush_counts()
         log.warning("server stopped at once: connections still open were cut", extra={"event": "stopped"})
     return EXIT_INTERRUPTED if forced else EXIT_OK
+
+
+async def _supervise(config: ServerConfig, args: argparse.Namespace) -> int:
+    """--workers: bind, then start and keep the workers (server/supervisor.py)."""
+    try:
+        count = worker_count(args.workers)
+    except ValueError:
+        raise DeploymentError(
+            f"workers takes a number of at least 1, or auto, not {args.workers!r}"
+        ) from None
+    listeners = await open_listeners(config.host, config.port, config.backlog)
+    plain = await open_listeners(config.host, config.plain_port, config.backlog) if config.plain_port else []
+    metrics_socket = None
+    if config.metrics is not None:
+        metrics_socket, *others = await open_listeners(*parse_address(config.metrics), config.backlog)
+        for other in others:
+            other.close()
+        log.info("metrics on http://%s/metrics", format_address(metrics_socket.getsockname()))
+    for sock in listeners + plain:
+        log.info("listening on %s", format_address(sock.getsockname()), extra={"event": "listening"})
+    supervisor = Supervisor(
+        count,
+        _worker_argv(args.argv),
+        listeners=listeners + plain,
+        metrics_socket=metrics_socket,
+        redis_url=config.redis,
+        deployment=config.deployment,
+        grace=config.grace,
+    )
+    try:
+        return await supervisor.run()
+    finally:
+        for sock in listeners + plain + ([metrics_socket] if metrics_socket else []):
+            sock.close()
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line a worker gets: the supervisor's, without the
+    command word and --workers."""
+    out, skip = [], False
+    for arg in argv[1:] if argv[:1] == ["servidor"] else argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            out.append(arg)
+    return out
+
+
+async def _serve_as_worker(config: ServerConfig, args: argparse.Namespace) -> int:
+    """One worker of a supervisor: serve its sockets, say ``ready`` and then
+    ``alive`` every second on standard output, stop when standard input
+    ends (the supervisor is gone), drain on SIGUSR2."""
+    listeners = [socket.socket(fileno=fd) for fd in args.listen_fd]
+    metrics_socket = socket.socket(fileno=args.metrics_fd) if args.metrics_fd is not None else None
+    if os.environ.get("ECO_TRIO_FAULT") == "worker-crash-at-start":  # a test hook, documented in CONTRIBUTING
+        log.error("ECO_TRIO_FAULT=worker-crash-at-start: crashing as asked")
+        return EXIT_FAILURE
+    server = Server(config, listeners=listeners, metrics_socket=metrics_socket)
+    signals = [*_SHUTDOWN_SIGNALS, *([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])]
+    with trio.open_signal_receiver(*signals) as received:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in received:
+                    if signum == getattr(signal, "SIGUSR2", None):
+                        log.info("replaced: draining", extra={"event": "drain"})
+                        server.drain()
+                    elif server.shutting_down:
+                        nursery.cancel_scope.cancel()
+                        return
+                    else:
+                        server.shutdown()
+
+            async def watch_supervisor() -> None:
+                stdin = trio.lowlevel.FdStream(os.dup(0))
+                while await stdin.receive_some(4096):
+                    pass
+                log.warning("the supervisor is gone: shutting down", extra={"event": "orphaned"})
+                server.shutdown()
+
+            async def report_alive() -> None:
+                _report("ready")
+                while True:
+                    await trio.sleep(1.0)
+                    _report("alive")
+
+            async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+                await server.serve(task_status=task_status)  # until every connection is closed
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch_signals)
+            nursery.start_soon(watch_supervisor)
+            await nursery.start(serve)
+            nursery.start_soon(report_alive)
+    if server.control.stopped_by_desconexion:
+        _report("desconexion")
+    return EXIT_OK
+
+
+def _report(line: str) -> None:
+    """A line to the supervisor; a supervisor that is gone is no error."""
+    with contextlib.suppress(OSError):
+        os.write(1, line.encode() + b"\n")
 
 
 def _flag_words_pattern() -> re.Pattern[str]:

@@ -123,19 +123,28 @@ class Admission:
         grow and a connection costs a fraction of a round trip; when idle,
         a batch is one connection and waits for nothing else.
 
-        Resource handling: closes whatever is still waiting when cancelled."""
-        try:
-            while True:
-                await self._more.wait()
-                self._more = trio.Event()
-                while self._waiting:
-                    batch, self._waiting = self._waiting, []
-                    await self._admit_together(batch, connections, readiness)
-        finally:
-            for sock, entry in self._waiting:
-                self.control.registry.unregister(entry)
-                sock.close()
-            self._waiting = []
+        Resource handling: what is still waiting when this is cancelled
+        stays for :meth:`admit_waiting` or :meth:`close_waiting`."""
+        while True:
+            await self._more.wait()
+            self._more = trio.Event()
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._admit_together(batch, connections, readiness)
+
+    async def admit_waiting(self, connections: trio.Nursery, readiness: Readiness) -> None:
+        """Admit those accepted before the accept loops stopped (a worker
+        handing over: nobody it accepted is dropped)."""
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            await self._admit_together(batch, connections, readiness)
+
+    def close_waiting(self) -> None:
+        """Shutting down: close those accepted but not yet admitted."""
+        for sock, entry in self._waiting:
+            self.control.registry.unregister(entry)
+            sock.close()
+        self._waiting = []
 
     async def _admit_together(
         self, batch: list[tuple[socket.socket, ClientEntry]], connections: trio.Nursery, readiness: Readiness
@@ -145,13 +154,10 @@ class Admission:
         rest are told why not and closed."""
         node = self.control.node
         assert node is not None
-        try:
+        # Shielded, and bounded by the call's own deadline: a batch under way
+        # is finished, not dropped, when the accept loops are stopped.
+        with trio.CancelScope(shield=True):
             verdict = await node.admit([entry.address for _, entry in batch])
-        except BaseException:  # cancelled (shutting down): nobody is admitted
-            for sock, entry in batch:
-                self.control.registry.unregister(entry)
-                sock.close()
-            raise
         admitted, first = verdict if verdict is not None else (0, 0)
         send_timeout = self.control.config.send_timeout
         for index, (sock, entry) in enumerate(batch):

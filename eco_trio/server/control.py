@@ -79,6 +79,8 @@ class Control:
         self._clock: Callable[[], float] | None = None
         #: This server's membership of a deployment (--redis), once joined.
         self.node: Node | None = None
+        #: Whether the shutdown came from a DESCONEXION (here or on another node).
+        self.stopped_by_desconexion = False
 
     def clock(self) -> Callable[[], float]:
         """The run's clock (``trio.current_time`` without its lookups): one
@@ -269,5 +271,6 @@ class Control:
                 entry.address,
                 extra={"event": "desconexion", "peer": entry.address},
             )
+        self.stopped_by_desconexion = True
         self.shutdown()
         return [protocol.SHUTDOWN_ACK], "DESCONEXION"

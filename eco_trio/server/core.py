@@ -54,8 +54,22 @@ class Server:
     bound addresses; :meth:`shutdown` starts the graceful shutdown from
     anywhere in the same trio run."""
 
-    def __init__(self, config: ServerConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig | None = None,
+        *,
+        listeners: list[socket.socket] | None = None,
+        metrics_socket: socket.socket | None = None,
+    ) -> None:
+        """``listeners`` (and ``metrics_socket``): sockets already listening,
+        to serve instead of binding ``config``'s address (a worker of
+        ``servidor --workers`` gets them from its supervisor)."""
         self.config = config = config or ServerConfig()
+        self._given = listeners
+        self._given_metrics = metrics_socket
+        #: Set to stop accepting: by shutdown(), or by drain() first.
+        self._stop_accepting = trio.Event()
+        self._draining = False
         self.throttles = Throttles()
         self.registry = Registry(config.max_clients)
         self.totals = Totals()
@@ -85,6 +99,13 @@ class Server:
     def shutdown(self) -> None:
         """Start the graceful shutdown (idempotent)."""
         self.control.shutdown()
+
+    def drain(self) -> None:
+        """Stop accepting, let the clients leave by themselves for up to
+        ``grace`` seconds, then shut down (telling those still connected):
+        how a worker hands over to its replacement."""
+        self._draining = True
+        self._stop_accepting.set()
 
     def status(self) -> dict[str, object]:
         """Every counter and setting ESTADO and the metrics show."""
@@ -179,10 +200,31 @@ class Server:
         finally:
             control.node = None
 
+    async def _stop_accepting_at_shutdown(self) -> None:
+        await self.control.wait_for_shutdown()
+        self._stop_accepting.set()
+
+    async def _drain(self, grace: float) -> None:
+        """Not accepting any more: wait for the clients to leave, up to
+        ``grace`` seconds, or for a shutdown."""
+        log.info(
+            "draining: no new clients; %s may stay up to %g s",
+            plural(len(self.registry), "client"),
+            grace,
+            extra={"event": "drain"},
+        )
+        with trio.move_on_after(grace):
+            # (A poll, 20 times a second for at most a grace period, once
+            # per hand-over: cheaper to read than an event on every leave.)
+            while len(self.registry) and not self.shutting_down:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        self.control.shutdown()
+
     def _stop_from_deployment(self, why: str) -> None:
         """Another node accepted a DESCONEXION: stop this one too."""
         if not self.shutting_down:
             log.info("shutting down: %s", why, extra={"event": "desconexion"})
+            self.control.stopped_by_desconexion = True
             self.control.shutdown()
 
     async def _open_listeners(self) -> Listeners:
@@ -191,6 +233,14 @@ class Server:
         context = None
         if config.tls_cert is not None and config.tls_key is not None:
             context = tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
+        if self._given is not None:
+            for sock in self._given:
+                sock.setblocking(False)
+            plain_port = config.plain_port
+            return [
+                (sock, None if plain_port is not None and sock.getsockname()[1] == plain_port else context)
+                for sock in self._given
+            ]
         listeners: Listeners = [
             (sock, context) for sock in await open_listeners(config.host, config.port, config.backlog)
         ]
@@ -210,11 +260,15 @@ class Server:
             return None
         from eco_trio.server.metrics import MetricsEndpoint
 
-        host, port = parse_address(self.config.metrics)
-        # One socket: a scraper asks one address.
-        metrics_socket, *others = await open_listeners(host, port, self.config.backlog)
-        for other in others:
-            other.close()
+        if self._given_metrics is not None:
+            metrics_socket = self._given_metrics
+            metrics_socket.setblocking(False)
+        else:
+            host, port = parse_address(self.config.metrics)
+            # One socket: a scraper asks one address.
+            metrics_socket, *others = await open_listeners(host, port, self.config.backlog)
+            for other in others:
+                other.close()
         endpoint = MetricsEndpoint(self.status, metrics_socket, self.throttles.line(logging.WARNING))
         self.metrics_address = format_address(metrics_socket.getsockname())
         log.info("metrics on http://%s/metrics", self.metrics_address, extra={"event": "metrics"})
@@ -246,13 +300,18 @@ class Server:
                         if endpoint is not None:
                             acceptors.start_soon(endpoint.serve)
                         task_status.started(addresses)
-                        await self.control.wait_for_shutdown()
+                        acceptors.start_soon(self._stop_accepting_at_shutdown)
+                        await self._stop_accepting.wait()
                         acceptors.cancel_scope.cancel()
                     self.handshakes.cancel_all()  # nobody is owed a goodbye before their hello
                 finally:
                     for sock, _ in listeners:
                         readiness.forget(sock.fileno())
                         sock.close()
+                if self._draining and not self.shutting_down:
+                    await self.admission.admit_waiting(connections, readiness)
+                    await self._drain(config.grace)
+                self.admission.close_waiting()
                 log.info(
                     "shutting down: notifying %s (grace %g s)",
                     plural(len(self.registry), "client"),

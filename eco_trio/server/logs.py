@@ -57,7 +57,7 @@ class JSONFormatter(logging.Formatter):
             "event": getattr(record, "event", None) or "log",
             "message": record.getMessage(),
         }
-        for key in ("peer", "reason"):
+        for key in ("peer", "reason", "worker"):
             if (value := getattr(record, key, None)) is not None:
                 line[key] = value
         if record.exc_info and not record.exc_text:
@@ -65,6 +65,18 @@ class JSONFormatter(logging.Formatter):
         if record.exc_text:
             line["traceback"] = record.exc_text
         return json.dumps(line, ensure_ascii=False)
+
+
+class _Named(logging.Filter):
+    """Every record carries the worker's name (JSON's ``worker`` field)."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
 
 
 class _Drops:
@@ -153,16 +165,21 @@ _writer: _Writer | None = None
 
 
 def configure(
-    level: str, log_format: str, stream: TextIO | None, *, rewrite: logging.Filter | None = None
+    level: str,
+    log_format: str,
+    stream: TextIO | None,
+    *,
+    rewrite: logging.Filter | None = None,
+    worker: str | None = None,
 ) -> None:
     """Log at ``level`` to ``stream``'s file descriptor through a writer
     thread.  With no stream (the server was started with stderr closed),
     records are dropped silently.  ``rewrite``, if given, may change each
     record's text before it is queued (the command line names flags)."""
     global _writer
-    formatter = (
-        JSONFormatter() if log_format == "json" else TextFormatter("%(asctime)s %(levelname)s %(message)s")
-    )
+    # A worker of ``servidor --workers`` names itself on every line.
+    text = "%(asctime)s %(levelname)s " + (f"[{worker}] " if worker else "") + "%(message)s"
+    formatter = JSONFormatter() if log_format == "json" else TextFormatter(text)
     root = logging.getLogger()
     root.setLevel(level)
     stop()
@@ -174,6 +191,8 @@ def configure(
     handler = _DroppingQueueHandler(_writer.records)
     if rewrite is not None:
         handler.addFilter(rewrite)
+    if worker is not None:
+        handler.addFilter(_Named(worker))
     root.handlers[:] = [handler]
 
 

@@ -152,8 +152,9 @@ class Node:
         #: The node's own calls (scripts): see resp.py for why not coredis.
         self._link = resp.Link(url)
         self._local: dict[int, ClientEntry] = {}  # seq -> this node's clients
-        self._left = 0  # clients gone since the last heartbeat
-        self._gone: list[str] = []  # their ``seq|address`` fields
+        #: Clients gone, not yet known to Redis: their ``seq|address`` fields.
+        #: Sent with the next admission or heartbeat, whichever comes first.
+        self._gone: list[str] = []
         self._sent: dict[int, tuple[int, int, int]] = {}  # seq -> counters last sent
         self._stop_generation = 0
         self._offset_ms = 0.0  # Redis's clock minus trio's, in ms
@@ -231,7 +232,7 @@ class Node:
         self._clock_from(int(reply[0]))
         if not self._stop_generation:
             self._stop_generation = int(reply[1])
-        self._left, self._gone, self._sent = 0, [], {}
+        self._gone, self._sent = [], {}
         self._last_ok = trio.current_time()
         return True
 
@@ -268,7 +269,7 @@ class Node:
             if self._sent.get(seq) != counters:
                 self._sent[seq] = counters
                 dirty += [f"{seq}|{entry.address}", _row(entry, self._redis_ms, now)]
-        left, gone = self._left, list(self._gone)  # (more may leave during the call)
+        gone = list(self._gone)  # (more may leave during the call)
         with trio.fail_after(CALL_TIMEOUT):
             reply = _array(
                 await self._link.script(
@@ -278,7 +279,6 @@ class Node:
                     self.instance,
                     int(self.lease * 1000),
                     self._info(),
-                    left,
                     len(gone),
                     *gone,
                     *dirty,
@@ -293,8 +293,7 @@ class Node:
             await self._register()
             self._regained()
             return
-        self._left -= left
-        del self._gone[: len(gone)]
+        self._sent_departures(gone)
         self._clock_from(int(reply[0]))
         self._regained()
         if int(reply[1]) > self._stop_generation:
@@ -374,11 +373,19 @@ class Node:
         node cannot ask (fenced, or Redis failed: refuse them)."""
         if self.fenced:
             return None
+        gone = list(self._gone)
         try:
             with trio.fail_after(CALL_TIMEOUT):
                 reply = _array(
                     await self._link.script(
-                        scripts.ADMIT, self.prefix, self.name, self.instance, self.cap, *addresses
+                        scripts.ADMIT,
+                        self.prefix,
+                        self.name,
+                        self.instance,
+                        self.cap,
+                        len(gone),
+                        *gone,
+                        *addresses,
                     )
                 )
         except _FAILURES as exc:
@@ -386,6 +393,7 @@ class Node:
             return None
         if reply[0] == -1:
             return None  # forgotten: the heartbeat registers again
+        self._sent_departures(gone)
         self._clock_from(int(reply[2]))
         return int(reply[0]), int(reply[1])
 
@@ -394,9 +402,15 @@ class Node:
 
     def left(self, entry: ClientEntry) -> None:
         if self._local.pop(entry.seq, None) is not None:
-            self._left += 1
             self._gone.append(f"{entry.seq}|{entry.address}")
             self._sent.pop(entry.seq, None)
+
+    def _sent_departures(self, sent: list[str]) -> None:
+        """``sent`` reached Redis: drop exactly those (an admission and a
+        heartbeat may have sent some of the same; sending twice is harmless)."""
+        if sent:
+            done = set(sent)
+            self._gone = [field for field in self._gone if field not in done]
 
     async def request_stop(self) -> str | None:
         """Stop every node: None once Redis has it, else why not."""

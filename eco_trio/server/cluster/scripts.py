@@ -5,7 +5,6 @@ Keys, under the deployment's prefix ``P`` (``--deployment NAME`` + ``:``):
 * ``P:leases``: sorted set, node -> when its lease ends (ms, Redis ``TIME``)
 * ``P:instances``: hash, node -> the id of the process holding the name
 * ``P:nodes``: hash, node -> its status, JSON (written at its heartbeat)
-* ``P:counts``: hash, node -> how many of the cap it holds
 * ``P:seq``: the admission sequence (deployment admission order)
 * ``P:order``: sorted set, ``node|seq|address`` by seq: every client, in
   admission order (the address is in the member, so a listing taken from
@@ -45,7 +44,6 @@ local function reap(p, node)
   for i, field in ipairs(fields) do members[i] = node .. '|' .. field end
   zrem_all(p .. 'order', members)
   redis.call('DEL', p .. 'clients:' .. node)
-  redis.call('HDEL', p .. 'counts', node)
   redis.call('ZREM', p .. 'leases', node)
   redis.call('HDEL', p .. 'nodes', node)
   redis.call('HDEL', p .. 'instances', node)
@@ -55,6 +53,17 @@ local function reap_expired(p, now)
   local dead = redis.call('ZRANGEBYSCORE', p .. 'leases', '-inf', '(' .. now)
   for _, node in ipairs(dead) do reap(p, node) end
   return dead
+end
+
+-- Clients that left: their rows and places go (idempotent: sending the
+-- same departures twice, after a lost reply, changes nothing).
+local function depart(p, node, fields)
+  local members = {}
+  for i, field in ipairs(fields) do
+    members[i] = node .. '|' .. field
+    redis.call('HDEL', p .. 'clients:' .. node, field)
+  end
+  zrem_all(p .. 'order', members)
 end
 
 local function holds(p, node, instance, now)
@@ -80,7 +89,6 @@ redis.call('ZADD', p .. 'leases', now + lease, node)
 redis.call('HSET', p .. 'instances', node, instance)
 redis.call('HSET', p .. 'nodes', node, ARGV[5])
 local n = (#ARGV - 6) / 2
-redis.call('HSET', p .. 'counts', node, n)
 for i = 0, n - 1 do
   local field, row = ARGV[7 + 2 * i], ARGV[8 + 2 * i]
   redis.call('ZADD', p .. 'order', string.match(field, '^(%d+)|'), node .. '|' .. field)
@@ -93,9 +101,11 @@ return {now, tonumber(redis.call('GET', p .. 'stop') or '0')}
 """
 )
 
-#: ARGV: prefix, node, instance, cap, then one address per connection in
-#: accept order.  Admits as many as the deployment-wide cap allows, counting
-#: only nodes whose lease runs.  Returns ``{-1}`` when this node is not
+#: ARGV: prefix, node, instance, cap, how many departures follow, their
+#: ``seq|address`` fields, then one address per connection in accept order.
+#: The departures go first (so churn does not fill the cap between
+#: heartbeats); then it admits as many as the deployment-wide cap allows,
+#: counting the clients of every node whose lease runs.  Returns ``{-1}`` when this node is not
 #: registered (its lease ended, or Redis lost its keys); else
 #: ``{admitted, first seq, now}``: the first ``admitted`` addresses are in.
 ADMIT: Final = (
@@ -104,28 +114,28 @@ ADMIT: Final = (
 local p, node, instance, cap = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local now = now_ms()
 if not holds(p, node, instance, now) then return {-1} end
+local gone = tonumber(ARGV[5])
+depart(p, node, {unpack(ARGV, 6, 5 + gone)})
 local total = 0
-local counts = redis.call('HGETALL', p .. 'counts')
-for i = 1, #counts, 2 do
-  local ends = redis.call('ZSCORE', p .. 'leases', counts[i])
-  if ends and tonumber(ends) >= now then total = total + tonumber(counts[i + 1]) end
+for _, live in ipairs(redis.call('ZRANGEBYSCORE', p .. 'leases', now, '+inf')) do
+  total = total + redis.call('HLEN', p .. 'clients:' .. live)
 end
-local k = math.max(0, math.min(#ARGV - 4, cap - total))
+local base = 5 + gone
+local k = math.max(0, math.min(#ARGV - base, cap - total))
 if k == 0 then return {0, 0, now} end
-redis.call('HINCRBY', p .. 'counts', node, k)
 local first = redis.call('INCRBY', p .. 'seq', k) - k + 1
 for j = 0, k - 1 do
-  local field = (first + j) .. '|' .. ARGV[5 + j]
+  local field = (first + j) .. '|' .. ARGV[base + 1 + j]
   redis.call('ZADD', p .. 'order', first + j, node .. '|' .. field)
-  redis.call('HSET', p .. 'clients:' .. node, field, ARGV[5 + j] .. '\t' .. now)
+  redis.call('HSET', p .. 'clients:' .. node, field, ARGV[base + 1 + j] .. '\t' .. now)
 end
 return {k, first, now}
 """
 )
 
-#: ARGV: prefix, node, instance, lease_ms, info, how many clients left since
-#: the last heartbeat, how many of their ``seq|address`` fields follow,
-#: those, then ``seq|address, row`` for every client whose counters changed.  Renews the lease and reaps
+#: ARGV: prefix, node, instance, lease_ms, info, how many departures
+#: follow, their ``seq|address`` fields, then ``seq|address, row`` for every
+#: client whose counters changed.  Renews the lease and reaps
 #: expired nodes.  Returns ``{-1}`` when this node is not registered; else
 #: ``{now, stop generation, nodes...}`` (name, info pairs of the live nodes).
 HEARTBEAT: Final = (
@@ -137,16 +147,9 @@ reap_expired(p, now)
 if redis.call('HGET', p .. 'instances', node) ~= instance then return {-1} end
 redis.call('ZADD', p .. 'leases', now + lease, node)
 redis.call('HSET', p .. 'nodes', node, ARGV[5])
-local left = tonumber(ARGV[6])
-if left > 0 then redis.call('HINCRBY', p .. 'counts', node, -left) end
-local gone = tonumber(ARGV[7])
-local members = {}
-for i = 1, gone do
-  members[i] = node .. '|' .. ARGV[7 + i]
-  redis.call('HDEL', p .. 'clients:' .. node, ARGV[7 + i])
-end
-zrem_all(p .. 'order', members)
-for i = 8 + gone, #ARGV, 2 do
+local gone = tonumber(ARGV[6])
+depart(p, node, {unpack(ARGV, 7, 6 + gone)})
+for i = 7 + gone, #ARGV, 2 do
   if redis.call('HEXISTS', p .. 'clients:' .. node, ARGV[i]) == 1 then
     redis.call('HSET', p .. 'clients:' .. node, ARGV[i], ARGV[i + 1])
   end
@@ -165,6 +168,16 @@ LEAVE: Final = (
     + r"""
 local p, node, instance = ARGV[1], ARGV[2], ARGV[3]
 if redis.call('HGET', p .. 'instances', node) == instance then reap(p, node) end
+return 1
+"""
+)
+
+#: ARGV: prefix, node.  A node known dead (its supervisor saw it exit):
+#: its clients and share go now, not when its lease ends.
+FORGET: Final = (
+    _COMMON
+    + r"""
+reap(ARGV[1], ARGV[2])
 return 1
 """
 )

@@ -1,0 +1,217 @@
+"""``servidor --workers N``, end to end: a supervisor, its workers and its
+private redis-server, all real processes on loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from .processes import TIMEOUT, ServerProcess, server_process
+from .redis_server import require_redis
+
+
+@pytest.fixture(autouse=True)
+def _redis_server_installed() -> None:
+    require_redis()
+
+
+def eventually(check: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not within the time allowed"
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def supervised(*args: str, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    with server_process("--workers", *args, env=env) as server:
+        yield server
+
+
+def serving(server: ServerProcess) -> bool:
+    return any("workers serving" in line for line in server.log)
+
+
+def pids(server: ServerProcess) -> dict[str, int]:
+    """Every process the supervisor said it started, by name (the last of each)."""
+    found = {}
+    for line in list(server.log):
+        if match := re.search(r"started (worker-[\d.]+) \(pid (\d+)\)", line):
+            found[match[1]] = int(match[2])
+        elif match := re.search(r"private redis-server on \S+ \(pid (\d+)\)", line):
+            found["redis"] = int(match[1])
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone for our purposes (its parent has not reaped it yet).
+    with contextlib.suppress(OSError):
+        return Path_state(pid) != "Z"
+    return True
+
+
+def Path_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+class Line:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.file.readline().decode()
+
+    def request(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\n")
+        return self.file.readline().decode().rstrip("\n")
+
+    def listing(self) -> list[str]:
+        header = self.request("LISTAR")
+        return [self.file.readline().decode().rstrip("\n") for _ in range(int(header.split()[1]))]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def lines(port: int, count: int) -> Iterator[list[Line]]:
+    opened = [Line(port) for _ in range(count)]
+    try:
+        yield opened
+    finally:
+        for line in opened:
+            line.close()
+
+
+def test_clients_spread_over_workers_and_one_listar_lists_them_all() -> None:
+    with supervised("3") as server:
+        eventually(lambda: serving(server))
+        with lines(server.port, 12) as clients:
+            assert all(c.greeting.startswith("BIENVENIDO") for c in clients)
+            rows = clients[0].listing()
+            assert len(rows) == 12
+            nodes = {row.rsplit("nodo=", 1)[1].split()[0] for row in rows}
+            assert nodes <= {"worker-1", "worker-2", "worker-3"}
+            assert clients[-1].request("hola") == "HOLA"
+
+
+def test_a_storm_against_a_small_cap_admits_exactly_the_cap() -> None:
+    with supervised("3", "--max-clients", "10") as server:
+        eventually(lambda: serving(server))
+        with lines(server.port, 40) as clients:
+            greeted = [c for c in clients if c.greeting.startswith("BIENVENIDO")]
+            assert len(greeted) == 10
+            assert all("demasiados clientes" in c.greeting for c in clients if c not in greeted)
+
+
+def test_a_killed_worker_is_replaced_and_its_clients_leave_listar() -> None:
+    with supervised("2", "--heartbeat", "0.2", "--lease", "1") as server:
+        eventually(lambda: serving(server))
+        with lines(server.port, 6) as clients:
+            rows = clients[0].listing()
+            victim = "worker-1" if any("nodo=worker-1" in r for r in rows) else "worker-2"
+            os.kill(pids(server)[victim], signal.SIGKILL)
+            eventually(lambda: any(f"{victim}.2" in line and "started" in line for line in server.log))
+            survivor = next(c for c in clients if c.request("sigo") == "SIGO")
+            eventually(
+                lambda: (
+                    not any(
+                        f"nodo={victim} " in r or r.endswith(f"nodo={victim}") for r in survivor.listing()
+                    )
+                )
+            )
+            with lines(server.port, 1) as (new,):
+                assert new.request("hola") == "HOLA"
+
+
+def test_a_worker_that_crashes_at_start_stops_the_server_without_spinning() -> None:
+    env = {**os.environ, "ECO_TRIO_FAULT": "worker-crash-at-start"}
+    with supervised("2", env=env) as server:
+        assert server.process.wait(TIMEOUT) == 1
+        text = "".join(server.log)
+        assert "died twice before it was ready" in text
+        assert text.count("supervisor: started worker-1") == 2  # one retry, then no more
+
+
+@pytest.mark.parametrize("how", ["DESCONEXION", "SIGTERM"])
+def test_desconexion_and_sigterm_stop_everything(how: str) -> None:
+    with supervised("2") as server:
+        eventually(lambda: serving(server))
+        started = pids(server)
+        with lines(server.port, 1) as (client,):
+            if how == "DESCONEXION":
+                assert client.request("DESCONEXION").startswith("DESCONEXION")
+            else:
+                server.process.send_signal(signal.SIGTERM)
+                assert client.file.readline().startswith(b"AVISO")
+            assert server.process.wait(TIMEOUT) == 0
+        eventually(lambda: not any(alive(pid) for pid in started.values()), seconds=5)
+
+
+def test_a_killed_supervisor_takes_its_workers_and_redis_with_it() -> None:
+    with supervised("2") as server:
+        eventually(lambda: serving(server))
+        started = pids(server)
+        assert {"worker-1", "worker-2", "redis"} <= started.keys()
+        server.process.send_signal(signal.SIGKILL)
+        eventually(lambda: not any(alive(pid) for pid in started.values()), seconds=5)
+
+
+def test_sigusr2_replaces_every_worker_under_load_and_loses_nothing() -> None:
+    with supervised("2", "--grace", "5") as server:
+        eventually(lambda: serving(server))
+        errors: list[str] = []
+        done = threading.Event()
+        answered = [0]
+
+        def load() -> None:
+            # New connections and a request on each, over and over.
+            while not done.is_set():
+                try:
+                    with lines(server.port, 1) as (client,):
+                        if client.request("carga") != "CARGA":
+                            errors.append(f"bad reply after {client.greeting!r}")
+                        answered[0] += 1
+                except OSError as exc:
+                    errors.append(str(exc))
+
+        with lines(server.port, 1) as (held,):
+            threads = [threading.Thread(target=load) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.5)
+            server.process.send_signal(signal.SIGUSR2)
+            eventually(lambda: any("every worker replaced" in line for line in server.log), seconds=20)
+            time.sleep(0.5)
+            assert held.request("sigo") == "SIGO"  # a client of an old worker is still served
+            done.set()
+            for thread in threads:
+                thread.join(TIMEOUT)
+        assert errors == [] and answered[0] > 50
+
+
+def test_without_redis_server_it_says_what_to_install(tmp_path: object) -> None:
+    python_only = str(tmp_path)
+    os.symlink(shutil.which("python3") or "/usr/bin/python3", os.path.join(python_only, "python3"))
+    result = subprocess.run(
+        [os.sys.executable, "-m", "eco_trio", "servidor", "--port", "0", "--workers", "2"],  # type: ignore[attr-defined]
+        capture_output=True, text=True, timeout=TIMEOUT, env={**os.environ, "PATH": python_only},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "redis-server" in result.stderr and "apt install redis-server" in result.stderr
+    assert "--redis URL" in result.stderr and "Traceback" not in result.stderr
