@@ -55,12 +55,12 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Supervised:
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, *extra: str) -> None:
         self.port = free_port()
         self.log: list[str] = []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "eco_trio", "servidor", "--host", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(count), "--max-clients", "19000", "--log-level", "INFO"],
+             "--workers", str(count), "--max-clients", "19000", "--log-level", "INFO", *extra],
             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             preexec_fn=lambda: pin(SERVER_CPU),
         )  # fmt: skip
@@ -144,6 +144,7 @@ def main() -> None:
     per_reply: dict[tuple[int, str], float] = {}
     rest: dict[int, float] = {}
     spreads: dict[int, tuple[dict[str, int], float]] = {}
+    reuse_spreads: dict[int, tuple[dict[str, int], float]] = {}
     for count in args.counts:
         server = Supervised(count)
         try:
@@ -169,11 +170,19 @@ def main() -> None:
                 spreads[count] = spread(server.port, count)
         finally:
             server.stop()
+        if count > 1 and sys.platform.startswith("linux"):
+            server = Supervised(count, "--reuse-port")
+            try:
+                reuse_spreads[count] = spread(server.port, count)
+            finally:
+                server.stop()
     print()
     for count, percent in rest.items():
         print(f"- Redis CPU at rest with {count} worker(s): {percent:.2f} % of a core")
     for count, (per, ratio) in spreads.items():
         print(f"- 1,000 connections over {count} workers (one shared listener): {per}; max/min {ratio:.2f}")
+    for count, (per, ratio) in reuse_spreads.items():
+        print(f"- 1,000 connections over {count} workers (--reuse-port): {per}; max/min {ratio:.2f}")
     top = max(args.counts)
     print(
         "\nModel: each worker on a core of its own spends c µs of CPU per reply, so N workers serve\n"

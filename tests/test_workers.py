@@ -10,6 +10,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -215,3 +216,18 @@ def test_without_redis_server_it_says_what_to_install(tmp_path: object) -> None:
     assert result.returncode == 1
     assert "redis-server" in result.stderr and "apt install redis-server" in result.stderr
     assert "--redis URL" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="SO_REUSEPORT spreads connections on Linux only"
+)
+def test_reuse_port_gives_each_worker_its_own_listener() -> None:
+    with supervised("3", "--reuse-port") as server:
+        eventually(lambda: serving(server))
+        assert any("each worker listens itself" in line for line in server.log)
+        with lines(server.port, 60) as clients:
+            time.sleep(1.5)  # every worker's heartbeat
+            rows = clients[0].listing()
+            assert len(rows) == 60
+            per = {row.rsplit("nodo=", 1)[1].split()[0] for row in rows}
+            assert len(per) >= 2  # the kernel spread them: not all on one worker

@@ -228,6 +228,13 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
         "alive, as one deployment (a private redis-server unless --redis is given); SIGUSR2 "
         "replaces them one at a time without dropping a connection (default: one process)",
     )
+    server.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="with --workers (Linux): each worker listens on the port itself (SO_REUSEPORT) and the "
+        "kernel spreads connections evenly; but connections queued for a worker that hangs wait "
+        "for it (default: one listener, shared)",
+    )
     # How a supervisor starts a worker (not for people): inherited listening
     # sockets, the worker's name, and the pipes it reports on.
     server.add_argument("--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
@@ -298,6 +305,7 @@ def run(args: argparse.Namespace) -> int:
             node=args.node,
             heartbeat=args.heartbeat,
             lease=args.lease,
+            reuse_port=args.reuse_port,
         )
         if config.tls_cert is not None and config.tls_key is not None:
             tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line
@@ -387,20 +395,34 @@ async def _supervise(config: ServerConfig, args: argparse.Namespace) -> int:
         raise DeploymentError(
             f"workers takes a number of at least 1, or auto, not {args.workers!r}"
         ) from None
-    listeners = await open_listeners(config.host, config.port, config.backlog)
-    plain = await open_listeners(config.host, config.plain_port, config.backlog) if config.plain_port else []
+    # With --reuse-port the supervisor only holds the port (bound, not
+    # listening: it takes no connections) and each worker listens itself.
+    bind = {"reuse_port": config.reuse_port, "listen": not config.reuse_port}
+    listeners = await open_listeners(config.host, config.port, config.backlog, **bind)
+    plain = (
+        await open_listeners(config.host, config.plain_port, config.backlog, **bind)
+        if config.plain_port
+        else []
+    )
     metrics_socket = None
     if config.metrics is not None:
         metrics_socket, *others = await open_listeners(*parse_address(config.metrics), config.backlog)
         for other in others:
             other.close()
         log.info("metrics on http://%s/metrics", format_address(metrics_socket.getsockname()))
+    mode = "each worker listens itself (--reuse-port)" if config.reuse_port else "one listener, shared"
     for sock in listeners + plain:
-        log.info("listening on %s", format_address(sock.getsockname()), extra={"event": "listening"})
+        address = format_address(sock.getsockname())
+        log.info("listening on %s (%s)", address, mode, extra={"event": "listening"})
+    worker_argv = _worker_argv(args.argv)
+    if config.reuse_port:  # the port the supervisor holds, which --port 0 chose
+        worker_argv += ["--port", str(listeners[0].getsockname()[1])]
+        if plain:
+            worker_argv += ["--plain-port", str(plain[0].getsockname()[1])]
     supervisor = Supervisor(
         count,
-        _worker_argv(args.argv),
-        listeners=listeners + plain,
+        worker_argv,
+        listeners=[] if config.reuse_port else listeners + plain,
         metrics_socket=metrics_socket,
         redis_url=config.redis,
         deployment=config.deployment,
@@ -436,7 +458,7 @@ async def _serve_as_worker(config: ServerConfig, args: argparse.Namespace) -> in
     if os.environ.get("ECO_TRIO_FAULT") == "worker-crash-at-start":  # a test hook, documented in CONTRIBUTING
         log.error("ECO_TRIO_FAULT=worker-crash-at-start: crashing as asked")
         return EXIT_FAILURE
-    server = Server(config, listeners=listeners, metrics_socket=metrics_socket)
+    server = Server(config, listeners=listeners or None, metrics_socket=metrics_socket)
     signals = [*_SHUTDOWN_SIGNALS, *([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])]
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:

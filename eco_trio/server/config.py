@@ -9,6 +9,7 @@ settle the defaults that depend on the addresses the server is bound to
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass
 
 from eco_trio.server import handshakes
@@ -85,6 +86,9 @@ class ServerConfig:
     #: beating is still counted (its clients, its share of max_clients).
     heartbeat: float = 1.0
     lease: float = 5.0
+    #: Listen with SO_REUSEPORT (Linux): each worker of ``--workers`` has a
+    #: listener of its own and the kernel spreads connections over them.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
@@ -136,6 +140,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be one word without '|', not {word!r}")
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis takes a redis://, rediss:// or unix:// URL")
+        if self.reuse_port and not sys.platform.startswith("linux"):
+            raise ValueError("reuse_port needs Linux (SO_REUSEPORT spreads connections there only)")
         if self.plain_port is not None and not 0 <= self.plain_port <= 65535:
             raise ValueError(f"plain_port must be between 0 and 65535, not {self.plain_port}")
 

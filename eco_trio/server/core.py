@@ -241,12 +241,14 @@ class Server:
                 (sock, None if plain_port is not None and sock.getsockname()[1] == plain_port else context)
                 for sock in self._given
             ]
+        reuse = config.reuse_port
         listeners: Listeners = [
-            (sock, context) for sock in await open_listeners(config.host, config.port, config.backlog)
+            (sock, context)
+            for sock in await open_listeners(config.host, config.port, config.backlog, reuse_port=reuse)
         ]
         if config.plain_port is not None:
             try:
-                plain = await open_listeners(config.host, config.plain_port, config.backlog)
+                plain = await open_listeners(config.host, config.plain_port, config.backlog, reuse_port=reuse)
             except BaseException:
                 for sock, _ in listeners:
                     sock.close()

@@ -83,11 +83,16 @@ def tune(sock: socket.socket) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
-async def open_listeners(host: str, port: int, backlog: int) -> list[socket.socket]:
+async def open_listeners(
+    host: str, port: int, backlog: int, *, reuse_port: bool = False, listen: bool = True
+) -> list[socket.socket]:
     """Non-blocking listening sockets for every address ``host`` resolves to.
 
     With port 0 and several addresses, all listeners share the first one's
     port when it is free on the others, so one number reaches them all.
+    ``reuse_port`` (Linux): other processes may listen on the same port, and
+    the kernel spreads connections over them.  ``listen=False`` only binds
+    (a supervisor holding the port number for its workers).
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     seen: set[tuple[int, object]] = set()
@@ -109,6 +114,8 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             try:
                 sock.bind(sockaddr)
             except OSError as exc:
@@ -118,7 +125,8 @@ async def open_listeners(host: str, port: int, backlog: int) -> list[socket.sock
                     # The address goes in filename: the caller names the one that failed.
                     raise OSError(exc.errno, exc.strerror, format_address(sockaddr)) from None
             tune(sock)
-            sock.listen(backlog)
+            if listen:
+                sock.listen(backlog)
             sock.setblocking(False)
     except BaseException:
         for sock in listeners:
