@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
+import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from eco_trio.wire.visible import escape, escape_word
 
 from .helpers import WAIT, Peer, start_server
 from .pki import Pki
-from .processes import client, free_port, server_process
+from .processes import TIMEOUT, client, free_port, server_process
 
 
 def _mtls_client(pki: Pki, *names: str, common_name: str | None = None) -> ssl.SSLContext:
@@ -229,3 +230,44 @@ async def test_ipv6_handshakes_share_the_rate_of_their_64(autojump_clock: trio.a
     for n in range(30):  # 30 addresses of one /64: one source, 10 a second
         await handshakes.wait_turn(f"[2001:db8::{n + 1:x}]:1000")
     assert 1.9 <= trio.current_time() - start <= 2.1
+
+
+def test_sigusr2_reloads_the_certificate_without_a_restart(pki: Pki, tmp_path: Path) -> None:
+    """A renewed certificate is served to new connections after SIGUSR2;
+    files that cannot be used keep the old one, with an error logged."""
+    import shutil
+    import signal as signals
+    import socket as sockets
+
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+
+    def install(common_name: str) -> None:
+        new_cert, new_key = pki.files("localhost", "127.0.0.1", common_name=common_name)
+        shutil.copy(new_cert, cert)
+        shutil.copy(new_key, key)
+
+    def served_name(port: int) -> str:
+        context = tls.client_context(pki.ca_file)
+        with (
+            sockets.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as conn,
+        ):
+            names = tls.certificate_names(conn.getpeercert())
+        return next(name.removeprefix("CN=") for name in names if name.startswith("CN="))
+
+    install("primero")
+    with server_process("--tls-cert", str(cert), "--tls-key", str(key)) as server:
+        assert served_name(server.port) == "primero"
+        install("segundo")
+        server.process.send_signal(signals.SIGUSR2)
+        deadline = time.monotonic() + TIMEOUT
+        while not any("TLS certificate reloaded" in line for line in server.log):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert served_name(server.port) == "segundo"
+        key.write_text("not a key")
+        server.process.send_signal(signals.SIGUSR2)
+        while not any("not reloaded" in line for line in server.log):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert served_name(server.port) == "segundo"  # the old one stays

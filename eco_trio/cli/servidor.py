@@ -49,7 +49,8 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
         description="Run the server. Stops on DESCONEXION, Ctrl-C, SIGTERM or SIGHUP, telling clients first. "
         "Who may send DESCONEXION: nobody with --no-remote-shutdown; otherwise a client whose "
         "certificate name is a --tls-admin (mutual TLS); otherwise, with --token, anyone who sends "
-        "'DESCONEXION TOKEN'; without a token, any loopback client.",
+        "'DESCONEXION TOKEN'; without a token, any loopback client. SIGUSR2 reads the TLS "
+        "certificate files again, and with --workers replaces the workers one at a time.",
     )
     defaults = ServerConfig()
     server.add_argument("--host", default=defaults.host, help="address to listen on (default: %(default)s)")
@@ -351,6 +352,8 @@ def run(args: argparse.Namespace) -> int:
 
 #: Signals that shut the server down gracefully: Ctrl-C, a service manager's
 #: stop, and the terminal or SSH session closing (SIGHUP), where they exist.
+#: Reloads the TLS certificate files (and, under --workers, replaces the workers).
+_RELOAD_SIGNAL = getattr(signal, "SIGUSR2", None)
 _SHUTDOWN_SIGNALS = [
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
 ]
@@ -361,13 +364,17 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
     during the grace period stops at once."""
     server = Server(config)
     forced = False
-    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS) as signals:
+    reload = [_RELOAD_SIGNAL] if _RELOAD_SIGNAL is not None else []
+    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS, *reload) as signals:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 nonlocal forced
                 async for signum in signals:
                     name = signal.Signals(signum).name
+                    if signum == _RELOAD_SIGNAL:
+                        _reload_tls(server)
+                        continue
                     if server.shutting_down:
                         log.warning("%s again: stopping now", name, extra={"event": "signal"})
                         forced = True
@@ -498,6 +505,13 @@ async def _serve_as_worker(config: ServerConfig, args: argparse.Namespace) -> in
     if server.control.stopped_by_desconexion:
         _report("desconexion")
     return EXIT_OK
+
+
+def _reload_tls(server: Server) -> None:
+    try:
+        server.reload_tls()
+    except (OSError, ValueError) as exc:  # TLSFileError names the file
+        log.error("TLS certificate not reloaded, the old one stays: %s", exc, extra={"event": "tls_reload"})
 
 
 def _report(line: str) -> None:

@@ -64,6 +64,8 @@ class Admission:
         self._failed_accepts = throttles.line(logging.ERROR)
         # At INFO, once a second at most: a handshake flood must not flood the log.
         self._handshake_failures = throttles.line(logging.INFO)
+        #: Set when the certificate files are reloaded (Server.reload_tls).
+        self.tls_context: ssl.SSLContext | None = None
         # In a deployment: accepted, registered here, waiting for Redis.
         self._waiting: list[tuple[socket.socket, ClientEntry]] = []
         self._more = trio.Event()
@@ -102,7 +104,9 @@ class Admission:
                 if context is not None:
                     # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
-                    connections.start_soon(self._serve_tls, stream, address, context, name=_TASK_NAME)
+                    # The newest context: SIGUSR2 reloads the certificate files.
+                    current = self.tls_context or context
+                    connections.start_soon(self._serve_tls, stream, address, current, name=_TASK_NAME)
                 elif isinstance(entry := self._register(address), bytes):
                     refuse(sock, entry)
                 elif node is not None:

@@ -100,6 +100,17 @@ class Server:
         """Start the graceful shutdown (idempotent)."""
         self.control.shutdown()
 
+    def reload_tls(self) -> None:
+        """Read the certificate files again: connections from now on get
+        the new certificate (a renewal without a restart); those already
+        open keep theirs.  Raises TLSFileError (naming the file) and keeps
+        the old certificate when the new files cannot be used."""
+        config = self.config
+        if config.tls_cert is None or config.tls_key is None:
+            return
+        self.admission.tls_context = tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)
+        log.info("TLS certificate reloaded from %s", config.tls_cert, extra={"event": "tls_reload"})
+
     def drain(self) -> None:
         """Stop accepting, let the clients leave by themselves for up to
         ``grace`` seconds, then shut down (telling those still connected):
