@@ -231,3 +231,35 @@ def test_reuse_port_gives_each_worker_its_own_listener() -> None:
             assert len(rows) == 60
             per = {row.rsplit("nodo=", 1)[1].split()[0] for row in rows}
             assert len(per) >= 2  # the kernel spread them: not all on one worker
+
+
+def test_a_hung_worker_is_killed_and_replaced() -> None:
+    """A worker that stops reporting (SIGSTOP: alive to the kernel, silent to
+    its supervisor) is killed after the liveness timeout and replaced."""
+    with supervised("1") as server:
+        eventually(lambda: serving(server))
+        os.kill(pids(server)["worker-1"], signal.SIGSTOP)
+        eventually(lambda: any("said nothing for" in line for line in server.log), seconds=15)
+        eventually(lambda: any("started worker-1.2" in line for line in server.log))
+        eventually(lambda: sum("workers serving" in line or "ready" in line for line in server.log) >= 1)
+        with lines(server.port, 1) as (client,):
+            assert client.request("hola") == "HOLA"
+
+
+def test_a_second_sigterm_stops_at_once() -> None:
+    with supervised("2", "--grace", "30") as server:
+        eventually(lambda: serving(server))
+        started = pids(server)
+        with lines(server.port, 1) as (client,):
+            # Lines sent and replies never read, until both directions are
+            # full: that worker's goodbye would wait out the 30 s of grace.
+            client.sock.setblocking(False)
+            deadline = time.monotonic() + 2
+            with contextlib.suppress(BlockingIOError):
+                while time.monotonic() < deadline:
+                    client.sock.send(b"x" * 60 + b"\n" * 4000)
+            server.process.send_signal(signal.SIGTERM)
+            eventually(lambda: any("SIGTERM: stopping every worker" in line for line in server.log))
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(10) == 130
+        eventually(lambda: not any(alive(pid) for pid in started.values()), seconds=5)
