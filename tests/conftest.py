@@ -39,6 +39,8 @@ _SUBPROCESS_CALLS = (
     "client(listener",
     "original_server(",
     "evil_server(",
+    "supervised(",
+    "nodes(redis",
 )
 
 
