@@ -1,0 +1,65 @@
+"""The PROXY protocol parser (sans-IO): v1 and v2, split anywhere, bounded."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from eco_trio.wire.proxy import MAX_HEADER, V2_SIGNATURE, BadHeader, Local, Proxied, parse
+
+
+def v2(command: int, family: int, payload: bytes) -> bytes:
+    return V2_SIGNATURE + bytes([0x20 | command, family]) + len(payload).to_bytes(2, "big") + payload
+
+
+def v2_tcp4(source: str, port: int) -> bytes:
+    addresses = ipaddress.IPv4Address(source).packed + ipaddress.IPv4Address("10.0.0.1").packed
+    return v2(1, 0x11, addresses + port.to_bytes(2, "big") + (5000).to_bytes(2, "big"))
+
+
+def test_v1_tcp4_and_tcp6() -> None:
+    assert parse(b"PROXY TCP4 192.0.2.7 10.0.0.1 51234 5000\r\nhola\n") == Proxied(
+        "192.0.2.7:51234", b"hola\n"
+    )
+    six = b"PROXY TCP6 2001:db8::7 2001:db8::1 4000 5000\r\n"
+    assert parse(six) == Proxied("[2001:db8::7]:4000", b"")
+    assert parse(b"PROXY UNKNOWN\r\n") == Local(b"")
+
+
+def test_v2_proxy_and_local() -> None:
+    assert parse(v2_tcp4("198.51.100.9", 40000) + b"x") == Proxied("198.51.100.9:40000", b"x")
+    six = ipaddress.IPv6Address("2001:db8::9").packed + bytes(16) + (7).to_bytes(2, "big") + bytes(2)
+    assert parse(v2(1, 0x21, six)) == Proxied("[2001:db8::9]:7", b"")
+    assert parse(v2(0, 0x00, b"")) == Local(b"")  # HAProxy's check-send-proxy
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GET / HTTP/1.1\r\n",
+        b"hola\n",
+        b"PROXY TCP4 999.0.0.1 10.0.0.1 1 2\r\n",
+        b"PROXY TCP4 ::1 10.0.0.1 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4 10.0.0.1 1\r\n",
+        b"PROXY " + b"9" * 120,
+        V2_SIGNATURE + bytes([0x21, 0x11]) + (4096).to_bytes(2, "big"),
+        V2_SIGNATURE + bytes([0x11, 0x11, 0, 0]),
+    ],
+)
+def test_bad_headers_are_refused(data: bytes) -> None:
+    with pytest.raises(BadHeader):
+        parse(data)
+
+
+@given(st.sampled_from([b"PROXY TCP4 192.0.2.7 10.0.0.1 51234 5000\r\n", v2_tcp4("192.0.2.8", 1)]))
+def test_a_header_split_anywhere_is_only_whole_at_its_end(header: bytes) -> None:
+    for cut in range(len(header)):
+        assert parse(header[:cut]) is None
+    assert isinstance(parse(header), Proxied)
+
+
+def test_the_bound() -> None:
+    assert MAX_HEADER <= 1024
