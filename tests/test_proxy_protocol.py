@@ -63,3 +63,46 @@ def test_a_header_split_anywhere_is_only_whole_at_its_end(header: bytes) -> None
 
 def test_the_bound() -> None:
     assert MAX_HEADER <= 1024
+
+
+def test_behind_a_proxy_the_client_address_is_used_everywhere() -> None:
+    """A trusted proxy (loopback, the default) relays two clients and a
+    health check: LISTAR shows the clients' own addresses, DESCONEXION from
+    a remote-looking client is refused, and the checks are counted, not
+    listed."""
+    import socket
+
+    from .processes import TIMEOUT, server_process
+
+    def relayed(port: int, header: bytes) -> tuple[socket.socket, object]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        sock.sendall(header)
+        return sock, sock.makefile("rb")
+
+    with server_process("--proxy-protocol") as server:
+        one, one_in = relayed(server.port, b"PROXY TCP4 203.0.113.5 10.0.0.1 4444 5000\r\n")
+        two, two_in = relayed(server.port, v2_tcp4("198.51.100.9", 40000) + b"hola\n")
+        check, _ = relayed(server.port, v2(0, 0x00, b""))
+        plain_check = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        plain_check.close()  # connect and close: a TCP health check
+        try:
+            assert one_in.readline().startswith(b"BIENVENIDO")  # type: ignore[attr-defined]
+            assert two_in.readline().startswith(b"BIENVENIDO")  # type: ignore[attr-defined]
+            assert two_in.readline() == b"HOLA\n"  # type: ignore[attr-defined]  # the bytes after the header
+            one.sendall(b"LISTAR\n")
+            assert one_in.readline() == b"CLIENTES 2\n"  # type: ignore[attr-defined]
+            rows = [one_in.readline().decode().split()[0] for _ in range(2)]  # type: ignore[attr-defined]
+            assert rows == ["203.0.113.5:4444", "198.51.100.9:40000"]
+            one.sendall(b"DESCONEXION\n")
+            assert one_in.readline().startswith(b"ERROR DESCONEXION solo se acepta desde localhost")  # type: ignore[attr-defined]
+            one.sendall(b"ESTADO\n")
+            count = int(one_in.readline().split()[1])  # type: ignore[attr-defined]
+            status = dict(one_in.readline().decode().split() for _ in range(count))  # type: ignore[attr-defined]
+            assert status["health_checks"] == "2" and status["clients"] == "2"
+        finally:
+            for sock in (one, two, check):
+                sock.close()
+        assert server.process.poll() is None
+        # The balancer itself (loopback) never shows as a client in the log.
+        assert not any("connected 127.0.0.1" in line for line in server.log)
+        assert any("connected 203.0.113.5:4444" in line for line in server.log)

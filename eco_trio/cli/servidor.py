@@ -230,6 +230,21 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
         "replaces them one at a time without dropping a connection (default: one process)",
     )
     server.add_argument(
+        "--proxy-protocol",
+        action="store_true",
+        help="behind a load balancer (HAProxy, nginx stream, a cloud one): connections from a trusted "
+        "proxy start with a PROXY header (v1 or v2) naming the client, whose address is then used "
+        "everywhere: LISTAR, the log, the limits, the DESCONEXION rule (default: off)",
+    )
+    server.add_argument(
+        "--trusted-proxy",
+        metavar="CIDR",
+        action="append",
+        default=[],
+        help="with --proxy-protocol: an address or network allowed to send PROXY headers; repeatable "
+        "(default: loopback)",
+    )
+    server.add_argument(
         "--reuse-port",
         action="store_true",
         help="with --workers (Linux): each worker listens on the port itself (SO_REUSEPORT) and the "
@@ -307,6 +322,8 @@ def run(args: argparse.Namespace) -> int:
             heartbeat=args.heartbeat,
             lease=args.lease,
             reuse_port=args.reuse_port,
+            proxy_protocol=args.proxy_protocol,
+            trusted_proxies=tuple(args.trusted_proxy),
         )
         if config.tls_cert is not None and config.tls_key is not None:
             tls.server_context(config.tls_cert, config.tls_key, config.tls_ca)  # fail now, in one line

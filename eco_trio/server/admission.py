@@ -9,6 +9,7 @@ LISTAR shows arrival order, and a refusal costs no task and no lingering.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import socket
 import ssl
@@ -29,9 +30,11 @@ from eco_trio.server.listeners import (
 from eco_trio.server.registry import ClientEntry, format_address
 from eco_trio.server.throttle import Throttles, plural
 from eco_trio.transport import tls
+from eco_trio.transport.conduit import PrefixedStream
 from eco_trio.transport.readiness import Readiness
 from eco_trio.transport.socket_stream import SocketStream
 from eco_trio.wire import protocol
+from eco_trio.wire import proxy as proxy_protocol
 from eco_trio.wire.visible import escape
 
 log = logging.getLogger("eco_trio.server")
@@ -41,6 +44,8 @@ _ACCEPT_BATCH = 64
 #: How long a client refused after its TLS handshake gets to take the line
 #: that says why.
 _REFUSAL_WAIT = 1.0
+#: How long a trusted proxy has to send its PROXY header.
+PROXY_HEADER_TIMEOUT = 3.0
 #: What a client hears from a node that has lost its deployment's Redis.
 _FENCED_LINE: Final = protocol.encode_line(
     "ERROR este nodo ha perdido el contacto con su despliegue (Redis); inténtalo más tarde."
@@ -64,6 +69,14 @@ class Admission:
         self._failed_accepts = throttles.line(logging.ERROR)
         # At INFO, once a second at most: a handshake flood must not flood the log.
         self._handshake_failures = throttles.line(logging.INFO)
+        # --proxy-protocol: who may send a PROXY header (None: nobody, off).
+        config = control.config
+        networks = config.trusted_proxies or ("127.0.0.0/8", "::1/128")
+        self._trusted = (
+            [ipaddress.ip_network(network) for network in networks] if config.proxy_protocol else None
+        )
+        self._proxy_failures = throttles.line(logging.WARNING)
+        self._health_checks = throttles.line(logging.DEBUG)
         #: Set when the certificate files are reloaded (Server.reload_tls).
         self.tls_context: ssl.SSLContext | None = None
         # In a deployment: accepted, registered here, waiting for Redis.
@@ -101,7 +114,12 @@ class Admission:
                 address = format_address(peer)
                 if not OPTIONS_INHERITED:
                     tune(sock)
-                if context is not None:
+                if self._trusted is not None and self._is_trusted(peer):
+                    # A load balancer's connection: the client's address is
+                    # in the PROXY header it sends first (see _serve_proxied).
+                    stream = SocketStream(sock, readiness, send_timeout=send_timeout)
+                    connections.start_soon(self._serve_proxied, stream, address, name=_TASK_NAME)
+                elif context is not None:
                     # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
                     # The newest context: SIGUSR2 reloads the certificate files.
@@ -258,6 +276,79 @@ class Admission:
             if not handed_over:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(tls_stream or stream)
+
+    def _is_trusted(self, peer: object) -> bool:
+        assert self._trusted is not None
+        try:
+            ip = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else "")
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    async def _serve_proxied(self, stream: SocketStream, proxy: str) -> None:
+        """A trusted proxy's connection: read its PROXY header (bounded in
+        size and time), then admit and serve the client it names, as if it
+        had connected directly.  A LOCAL header (the balancer's health
+        check), or a connection closed before any header (a plain TCP
+        check), is counted, not logged as a client.
+
+        Resource handling: ``stream`` is closed here unless the
+        conversation takes it over."""
+        handed_over = False
+        try:
+            header = await self._read_proxy_header(stream, proxy)
+            if header is None:
+                return
+            if isinstance(header, proxy_protocol.Local):
+                self.control.totals.health_checks += 1
+                self._health_checks.note("health check from %s", escape(proxy))
+                return
+            entry = await self._admit_one(header.address)
+            if isinstance(entry, bytes):
+                with trio.move_on_after(_REFUSAL_WAIT), contextlib.suppress(trio.BrokenResourceError):
+                    await stream.send_all(entry)
+                return
+            handed_over = True
+            conversation: trio.abc.HalfCloseableStream = stream
+            if header.rest:
+                conversation = PrefixedStream(stream, header.rest)
+            await serve_connection(self.control, conversation, entry)
+        finally:
+            if not handed_over:
+                stream.close()
+
+    async def _read_proxy_header(
+        self, stream: SocketStream, proxy: str
+    ) -> proxy_protocol.Proxied | proxy_protocol.Local | None:
+        """The header, or None (logged once a second, counted) when there
+        is none in time, it is malformed, or the proxy closed first."""
+        data = b""
+        with trio.move_on_after(PROXY_HEADER_TIMEOUT):
+            try:
+                while True:
+                    chunk = await stream.receive_some(proxy_protocol.MAX_HEADER - len(data) or 1)
+                    if not chunk:
+                        if not data:  # connect and close: a plain TCP health check
+                            self.control.totals.health_checks += 1
+                            self._health_checks.note("TCP health check from %s", escape(proxy))
+                            return None
+                        break
+                    data += chunk
+                    if (header := proxy_protocol.parse(data)) is not None:
+                        return header
+                    if len(data) >= proxy_protocol.MAX_HEADER:
+                        break
+            except proxy_protocol.BadHeader as exc:
+                self._proxy_refused(proxy, str(exc))
+                return None
+            except trio.BrokenResourceError:
+                return None
+        self._proxy_refused(proxy, "no PROXY header")
+        return None
+
+    def _proxy_refused(self, proxy: str, why: str) -> None:
+        self.control.totals.refused["PROXY header"] += 1
+        self._proxy_failures.note("closed a connection from proxy %s: %s", escape(proxy), why)
 
     async def _admit_one(self, address: str) -> ClientEntry | bytes:
         """Admission for one client (after its TLS handshake)."""

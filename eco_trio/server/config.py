@@ -89,6 +89,11 @@ class ServerConfig:
     #: Listen with SO_REUSEPORT (Linux): each worker of ``--workers`` has a
     #: listener of its own and the kernel spreads connections over them.
     reuse_port: bool = False
+    #: Expect a PROXY protocol header (v1 or v2) from the trusted proxies,
+    #: and take the client's address from it.
+    proxy_protocol: bool = False
+    #: Who may send one: addresses or networks (CIDR).  Empty: loopback.
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         positive = {"grace": self.grace, "pause": self.pause, "send_timeout": self.send_timeout}
@@ -140,6 +145,11 @@ class ServerConfig:
                 raise ValueError(f"{name} must be one word without '|', not {word!r}")
         if self.redis is not None and not self.redis.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("redis takes a redis://, rediss:// or unix:// URL")
+        try:
+            networks = [ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies]
+        except ValueError as exc:
+            raise ValueError(f"trusted_proxies takes addresses or networks (CIDR): {exc}") from None
+        object.__setattr__(self, "trusted_proxies", tuple(str(network) for network in networks))
         if self.reuse_port and not sys.platform.startswith("linux"):
             raise ValueError("reuse_port needs Linux (SO_REUSEPORT spreads connections there only)")
         if self.plain_port is not None and not 0 <= self.plain_port <= 65535:

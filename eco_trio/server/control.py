@@ -222,6 +222,15 @@ class Control:
             "tls_handshakes_pending": len(self.handshakes),
             "tls_handshakes_dropped": self.handshakes.dropped,
             "connections_total": totals.connections,
+            # Behind a load balancer (--proxy-protocol) only:
+            **(
+                {
+                    "health_checks": totals.health_checks,
+                    "refused_proxy_header": totals.refused["PROXY header"],
+                }
+                if config.proxy_protocol
+                else {}
+            ),
             **{f"refused_{slug(cause)}": totals.refused[cause] for cause in REFUSALS},
             **totals.snapshot(live),
             **{f"command_{slug(name)}": count for name, count in sorted(totals.commands.items())},

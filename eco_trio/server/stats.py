@@ -22,6 +22,8 @@ from eco_trio.server.registry import ClientEntry
 class Totals:
     started_at: float = field(default_factory=time.monotonic)
     connections: int = 0
+    #: A load balancer's own connections (PROXY LOCAL, or connect and close).
+    health_checks: int = 0
     #: Connections turned away, by cause: "full", "HTTP", "TLS on the plain port", "TLS handshake".
     refused: Counter[str] = field(default_factory=Counter)
     lines_in: int = 0

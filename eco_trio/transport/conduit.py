@@ -70,6 +70,34 @@ class StreamConduit:
             await trio.aclose_forcefully(self.stream)
 
 
+class PrefixedStream(trio.abc.HalfCloseableStream):
+    """``stream``, with ``prefix`` read first: bytes that came with
+    something read before the conversation (after a PROXY header)."""
+
+    def __init__(self, stream: trio.abc.HalfCloseableStream, prefix: bytes) -> None:
+        self.stream, self._prefix = stream, prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._prefix:
+            size = len(self._prefix) if max_bytes is None else max_bytes
+            data, self._prefix = self._prefix[:size], self._prefix[size:]
+            await trio.lowlevel.checkpoint()
+            return data
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_all(self, data: Bytes) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
 def conduit(stream: trio.abc.HalfCloseableStream) -> Conduit:
     """``stream`` as a conduit: itself where it is one of ours."""
     if isinstance(stream, (SocketStream, TLSStream)):
