@@ -41,6 +41,7 @@ _SUBPROCESS_CALLS = (
     "evil_server(",
     "supervised(",
     "nodes(redis",
+    "haproxy(",
 )
 
 
