@@ -18,6 +18,7 @@ from eco_trio.server.config import ServerConfig, exposure_warning
         ("limits: max_clients=10, idle_timeout=off", "limits: --max-clients 10, --idle-timeout off"),
         ("already 3 clients (max_clients_per_ip)", "already 3 clients (--max-clients-per-ip)"),
         ("remote_shutdown=False refuses it", "--no-remote-shutdown refuses it"),
+        ("or proxy_protocol=True behind a proxy", "or --proxy-protocol behind a proxy"),
         # Words that are also settings stay words unless they carry a value.
         ("the token must be one word", "the token must be one word"),
         ("a client on port 80 and host x", "a client on port 80 and host x"),

@@ -106,3 +106,26 @@ def test_behind_a_proxy_the_client_address_is_used_everywhere() -> None:
         # The balancer itself (loopback) never shows as a client in the log.
         assert not any("connected 127.0.0.1" in line for line in server.log)
         assert any("connected 203.0.113.5:4444" in line for line in server.log)
+
+
+def test_a_proxy_header_from_an_untrusted_address_is_refused() -> None:
+    import socket
+
+    from .processes import TIMEOUT, server_process
+
+    with server_process("--proxy-protocol", "--trusted-proxy", "192.0.2.0/24") as server:
+        # Loopback is not trusted here: its clients are direct ones.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as direct:
+            reader = direct.makefile("rb")
+            assert reader.readline().startswith(b"BIENVENIDO")
+            direct.sendall(b"hola\n")
+            assert reader.readline() == b"HOLA\n"
+            reader.close()
+        for header in (b"PROXY TCP4 198.51.100.1 10.0.0.1 1 2\r\n", v2_tcp4("198.51.100.1", 1)):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as liar:
+                reader = liar.makefile("rb")
+                assert reader.readline().startswith(b"BIENVENIDO")
+                liar.sendall(header)
+                assert reader.read() == b""  # closed, not one more byte
+                reader.close()
+        assert any("it spoke PROXY" in line for line in server.log)

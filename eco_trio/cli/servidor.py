@@ -559,6 +559,8 @@ def _in_flag_words(message: str) -> str:
             return match[0]
         if name == "remote_shutdown" and value == "False":
             return "--no-remote-shutdown"
+        if value == "True":  # a switch: the flag alone
+            value = None
         text = "--" + name.replace("_", "-")
         return text if value is None else f"{text} {value}"
 

@@ -50,6 +50,8 @@ class Limits(Protocol):
     def max_line(self) -> int: ...
     @property
     def pause(self) -> float: ...
+    @property
+    def proxy_protocol(self) -> bool: ...
 
 
 class Host(Protocol):
@@ -156,7 +158,9 @@ async def _converse(host: Host, link: Conduit, entry: ClientEntry) -> bool:
     memory.  What is rarer (a read the quick reply cannot take, a timer,
     the interrupt) is handled in the functions below it."""
     handle = host.registry.handle(entry)
-    parser = ServerProtocol(host.config.max_line, commands=host.totals.commands)
+    parser = ServerProtocol(
+        host.config.max_line, commands=host.totals.commands, refuse_proxy_headers=host.config.proxy_protocol
+    )
     entry.protocol = parser
     # Bound methods every message uses, looked up once.  (An idle
     # connection keeps each one: 64 bytes; send_all is looked up when used.)
@@ -356,7 +360,7 @@ async def _answer(
             case ForeignProtocol(name=name):
                 level, hint = _FOREIGN.get(name, (logging.WARNING, "a client of another protocol"))
                 log.log(level, "%s: closed: it spoke %s to this line server (%s)", entry.address, name, hint)
-                host.totals.refused[name if name == "HTTP" else f"{name} on the plain port"] += 1
+                host.totals.refused[_REFUSED_AS.get(name, f"{name} on the plain port")] += 1
                 entry.end_reason = f"{name} spoken"
                 handle.closing = True
                 await _send(link, entry, b"".join(out))
@@ -401,7 +405,10 @@ def _count_out(entry: ClientEntry, data: bytes) -> None:
 _FOREIGN = {
     "HTTP": (logging.WARNING, "a web page or HTTP client; a browser page could otherwise send DESCONEXION"),
     "TLS": (logging.INFO, "a TLS client on the plain-text port"),
+    "PROXY": (logging.WARNING, "a PROXY header from an address that is not a trusted proxy"),
 }
+#: The refusal counter each foreign protocol goes to (ESTADO's refused_*).
+_REFUSED_AS = {"HTTP": "HTTP", "PROXY": "PROXY header"}
 
 
 async def _send_listing(host: Host, link: Conduit, entry: ClientEntry, before: bytes) -> None:

@@ -139,6 +139,15 @@ class Server:
         self.registry.max_per_source = clients_per_ip_in_force(config, addresses)
         if (warning := exposure_warning(addresses, config)) is not None:
             log.warning("%s", warning, extra={"event": "exposure"})
+        if config.redis is not None and config.token is None and not config.proxy_protocol:
+            # Behind a proxy on this machine every client would look local,
+            # and loopback may send DESCONEXION: to the whole deployment.
+            log.warning(
+                "a deployment node without token: if a load balancer or proxy on this machine relays "
+                "clients to it, every one of them looks local and may stop every node with DESCONEXION; "
+                "set token=TOKEN, or proxy_protocol=True behind a proxy",
+                extra={"event": "exposure"},
+            )
         control.io_path = io_path(config.io)
         log.info(
             "eco_trio %s, pid %d, I/O path %s; limits: max_clients=%d, max_line=%d, "

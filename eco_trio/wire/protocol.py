@@ -83,6 +83,7 @@ class ServerProtocol:
         "_held",
         "_max_line",
         "_position",
+        "_refuse_proxy",
         "_telnet",
         "_telnet_input",
         "_telnet_position",
@@ -90,7 +91,16 @@ class ServerProtocol:
         "secret_bytes",
     )
 
-    def __init__(self, max_line: int = DEFAULT_MAX_LINE, *, commands: Counter[str] | None = None) -> None:
+    def __init__(
+        self,
+        max_line: int = DEFAULT_MAX_LINE,
+        *,
+        commands: Counter[str] | None = None,
+        refuse_proxy_headers: bool = False,
+    ) -> None:
+        """``refuse_proxy_headers``: a first read that is a PROXY protocol
+        header is a foreign protocol (behind a load balancer, a client that
+        is not a trusted proxy must not name another address)."""
         if max_line < 1:
             raise ValueError("max_line must be at least 1")
         # A fragment grows in place: re-joining bytes on every read would make
@@ -99,6 +109,7 @@ class ServerProtocol:
         self._max_line = max_line
         self._closed = False
         self._fresh = True  # nothing received yet
+        self._refuse_proxy = refuse_proxy_headers
         # flush_fragment() kept the fragment back once (it ends in a cut
         # UTF-8 character); the next pause answers it whatever it holds.
         self._held = False
@@ -139,6 +150,8 @@ class ServerProtocol:
                 start = bytes(self._buffer) + data if self._buffer else data
                 if is_tls_client_hello(start):
                     return self._foreign("TLS")
+                if self._refuse_proxy and start.startswith((b"PROXY ", b"\r\n\r\n\x00\r\nQUIT\n")):
+                    return self._foreign("PROXY")
                 if may_become_tls_header(start):
                     self._buffer += data  # (a fragment, should the client pause here)
                     return []
@@ -159,6 +172,8 @@ class ServerProtocol:
         if self._fresh:  # (what else a first read may be, _fast_reply sees)
             if data[0] == 0x16:  # a TLS record, perhaps: receive_data tells
                 return None
+            if self._refuse_proxy and data[:6] in (b"PROXY ", b"\r\n\r\n\x00\r"):
+                return None  # a PROXY header, perhaps: receive_data tells
             self._fresh = False
         return self._fast_reply(data)
 
