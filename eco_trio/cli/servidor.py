@@ -28,7 +28,7 @@ from eco_trio.cli.common import (
     reason,
     token_from,
 )
-from eco_trio.server import logs, open_files
+from eco_trio.server import logs, open_files, service
 from eco_trio.server.cluster import DeploymentError
 from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig, parse_address
 from eco_trio.server.core import Server
@@ -378,8 +378,15 @@ _SHUTDOWN_SIGNALS = [
 
 async def _serve_until_stopped(config: ServerConfig) -> int:
     """Serve; the first shutdown signal shuts down gracefully, a second one
-    during the grace period stops at once."""
-    server = Server(config)
+    during the grace period stops at once.  Under systemd: READY=1 once
+    listening, STOPPING=1 when shutting down, WATCHDOG=1 while the loop
+    runs, and the sockets it passed (socket activation)."""
+    activated = service.activated_sockets(os.environ)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)  # (not for the processes we start)
+    server = Server(config, listeners=activated or None)
+    notifier = service.Notifier.from_environment(os.environ)
+    watchdog = service.watchdog_interval(os.environ)
     forced = False
     reload = [_RELOAD_SIGNAL] if _RELOAD_SIGNAL is not None else []
     with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS, *reload) as signals:
@@ -402,9 +409,25 @@ async def _serve_until_stopped(config: ServerConfig) -> int:
                     )
                     server.shutdown()
 
+            async def tell_the_manager() -> None:
+                await server.control.wait_for_shutdown()
+                notifier.send(STOPPING=1, STATUS="shutting down")
+
+            async def pet_the_watchdog(interval: float) -> None:
+                while True:
+                    notifier.send(WATCHDOG=1)
+                    await trio.sleep(interval)
+
+            async def serve(task_status: trio.TaskStatus[list[str]]) -> None:
+                await server.serve(task_status=task_status)
+                nursery.cancel_scope.cancel()
+
             nursery.start_soon(watch_signals)
-            await server.serve()
-            nursery.cancel_scope.cancel()
+            addresses = await nursery.start(serve)
+            notifier.send(READY=1, STATUS=f"serving on {', '.join(addresses)}", MAINPID=os.getpid())
+            nursery.start_soon(tell_the_manager)
+            if watchdog is not None and notifier.active:
+                nursery.start_soon(pet_the_watchdog, watchdog)
     if forced:
         server.flush_counts()
         log.warning("server stopped at once: connections still open were cut", extra={"event": "stopped"})
