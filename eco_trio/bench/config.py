@@ -23,6 +23,9 @@ class BenchConfig:
     #: Speak TLS, trusting this CA file ("" for the system store); None: plain text.
     tls_ca: str | None = None
     tls_server_name: str | None = None
+    #: Start each connection with a PROXY v1 header, as a load balancer
+    #: does (for a server run with --proxy-protocol).
+    proxy_header: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -142,6 +142,11 @@ class Run:
                 sock.close()
                 self.error(f"TLS: {exc}")
                 return None
+        if self.config.proxy_header:
+            source, source_port = sock.getsockname()[:2]
+            family = "TCP6" if ":" in source else "TCP4"
+            header = f"PROXY {family} {source} {self.config.host} {source_port} {self.config.port}\r\n"
+            sock.sendall(header.encode())
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = Conn(sock, self.slot, self.config.greeting_lines, self.config.size)
