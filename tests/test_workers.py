@@ -123,21 +123,36 @@ def test_a_storm_against_a_small_cap_admits_exactly_the_cap() -> None:
 def test_a_killed_worker_is_replaced_and_its_clients_leave_listar() -> None:
     with supervised("2", "--heartbeat", "0.2", "--lease", "1") as server:
         eventually(lambda: serving(server))
-        with lines(server.port, 6) as clients:
-            rows = clients[0].listing()
-            victim = "worker-1" if any("nodo=worker-1" in r for r in rows) else "worker-2"
+        clients: list[Line] = []
+        try:
+            # Connect until both workers have clients (which one accepts is
+            # the kernel's and the load's choice).
+            for _ in range(60):
+                clients.append(Line(server.port))
+                nodes = {row.split("nodo=")[1].split()[0] for row in clients[0].listing()}
+                if nodes == {"worker-1", "worker-2"}:
+                    break
+            assert nodes == {"worker-1", "worker-2"}, nodes
+            victim = "worker-2"
             os.kill(pids(server)[victim], signal.SIGKILL)
-            eventually(lambda: any(f"{victim}.2" in line and "started" in line for line in server.log))
-            survivor = next(c for c in clients if c.request("sigo") == "SIGO")
+            eventually(lambda: any(f"started {victim}.2" in line for line in server.log))
+
+            def answers(client: Line) -> bool:
+                try:
+                    return client.request("sigo") == "SIGO"
+                except OSError:
+                    return False
+
+            survivors = [c for c in clients if answers(c)]
+            assert survivors, "the other worker's clients are still served"
             eventually(
-                lambda: (
-                    not any(
-                        f"nodo={victim} " in r or r.endswith(f"nodo={victim}") for r in survivor.listing()
-                    )
-                )
+                lambda: all(row.split("nodo=")[1].split()[0] != victim for row in survivors[0].listing())
             )
             with lines(server.port, 1) as (new,):
                 assert new.request("hola") == "HOLA"
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_a_worker_that_crashes_at_start_stops_the_server_without_spinning() -> None:
