@@ -116,9 +116,32 @@ class Admission:
                     tune(sock)
                 if self._trusted is not None and self._is_trusted(peer):
                     # A load balancer's connection: the client's address is
-                    # in the PROXY header it sends first (see _serve_proxied).
-                    stream = SocketStream(sock, readiness, send_timeout=send_timeout)
-                    connections.start_soon(self._serve_proxied, stream, address, name=_TASK_NAME)
+                    # in the PROXY header it sends first.  It is usually here
+                    # already (a balancer sends it with the connect): then it
+                    # is admitted here, as a direct client is; otherwise a
+                    # task waits for it (_serve_proxied).
+                    early = self._proxy_header_now(sock, address)
+                    if isinstance(early, proxy_protocol.Proxied) and node is None and context is None:
+                        if isinstance(entry := self._register(early.address), bytes):
+                            refuse(sock, entry)
+                        else:
+                            self._admitted(entry)
+                            stream = SocketStream(sock, readiness, send_timeout=send_timeout)
+                            conversation: trio.abc.HalfCloseableStream = stream
+                            if early.rest:
+                                conversation = PrefixedStream(stream, early.rest)
+                            connections.start_soon(
+                                serve_connection, self.control, conversation, entry, name=_TASK_NAME
+                            )
+                    elif isinstance(early, proxy_protocol.Local):
+                        sock.close()
+                    elif isinstance(early, BaseException):
+                        sock.close()  # refused (and logged) by _proxy_header_now
+                    else:  # the rest of a header to wait for, or a deployment's admission
+                        stream = SocketStream(sock, readiness, send_timeout=send_timeout)
+                        connections.start_soon(
+                            self._serve_proxied, stream, address, early or b"", name=_TASK_NAME
+                        )
                 elif context is not None:
                     # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
@@ -285,7 +308,37 @@ class Admission:
             return False
         return any(ip in network for network in self._trusted)
 
-    async def _serve_proxied(self, stream: SocketStream, proxy: str) -> None:
+    def _proxy_header_now(
+        self, sock: socket.socket, proxy: str
+    ) -> proxy_protocol.Proxied | proxy_protocol.Local | bytes | BaseException | None:
+        """What a trusted proxy has sent already: a whole header, the bytes
+        of a partial one, None (nothing yet), or the error that refuses it
+        (counted and logged here).  Health checks are counted here."""
+        try:
+            data = sock.recv(proxy_protocol.MAX_HEADER, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            return exc
+        if not data:  # connect and close: a plain TCP health check
+            self._count_health_check("TCP health check from %s", proxy)
+            return proxy_protocol.Local(b"")
+        try:
+            header = proxy_protocol.parse(data)
+        except proxy_protocol.BadHeader as exc:
+            self._proxy_refused(proxy, str(exc))
+            return exc
+        if isinstance(header, proxy_protocol.Local):
+            self._count_health_check("health check from %s", proxy)
+        return data if header is None else header
+
+    def _count_health_check(self, message: str, proxy: str) -> None:
+        self.control.totals.health_checks += 1
+        self._health_checks.note(message, escape(proxy))
+
+    async def _serve_proxied(
+        self, stream: SocketStream, proxy: str, early: bytes | proxy_protocol.Proxied = b""
+    ) -> None:
         """A trusted proxy's connection: read its PROXY header (bounded in
         size and time), then admit and serve the client it names, as if it
         had connected directly.  A LOCAL header (the balancer's health
@@ -296,13 +349,15 @@ class Admission:
         conversation takes it over."""
         handed_over = False
         try:
-            header = await self._read_proxy_header(stream, proxy)
+            header = (
+                early
+                if isinstance(early, proxy_protocol.Proxied)
+                else await self._read_proxy_header(stream, proxy, early)
+            )
             if header is None:
                 return
             if isinstance(header, proxy_protocol.Local):
-                self.control.totals.health_checks += 1
-                self._health_checks.note("health check from %s", escape(proxy))
-                return
+                return  # (counted where it was read)
             entry = await self._admit_one(header.address)
             if isinstance(entry, bytes):
                 with trio.move_on_after(_REFUSAL_WAIT), contextlib.suppress(trio.BrokenResourceError):
@@ -318,26 +373,27 @@ class Admission:
                 stream.close()
 
     async def _read_proxy_header(
-        self, stream: SocketStream, proxy: str
+        self, stream: SocketStream, proxy: str, data: bytes = b""
     ) -> proxy_protocol.Proxied | proxy_protocol.Local | None:
-        """The header, or None (logged once a second, counted) when there
-        is none in time, it is malformed, or the proxy closed first."""
-        data = b""
+        """The header (``data``: what came of it already), or None (logged
+        once a second, counted) when there is none in time, it is malformed,
+        or the proxy closed first.  Health checks are counted here."""
         with trio.move_on_after(PROXY_HEADER_TIMEOUT):
             try:
                 while True:
-                    chunk = await stream.receive_some(proxy_protocol.MAX_HEADER - len(data) or 1)
-                    if not chunk:
-                        if not data:  # connect and close: a plain TCP health check
-                            self.control.totals.health_checks += 1
-                            self._health_checks.note("TCP health check from %s", escape(proxy))
-                            return None
-                        break
-                    data += chunk
-                    if (header := proxy_protocol.parse(data)) is not None:
+                    if data and (header := proxy_protocol.parse(data)) is not None:
+                        if isinstance(header, proxy_protocol.Local):
+                            self._count_health_check("health check from %s", proxy)
                         return header
                     if len(data) >= proxy_protocol.MAX_HEADER:
                         break
+                    chunk = await stream.receive_some(proxy_protocol.MAX_HEADER - len(data))
+                    if not chunk:
+                        if not data:  # connect and close: a plain TCP health check
+                            self._count_health_check("TCP health check from %s", proxy)
+                            return None
+                        break
+                    data += chunk
             except proxy_protocol.BadHeader as exc:
                 self._proxy_refused(proxy, str(exc))
                 return None

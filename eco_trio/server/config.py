@@ -150,6 +150,10 @@ class ServerConfig:
         except ValueError as exc:
             raise ValueError(f"trusted_proxies takes addresses or networks (CIDR): {exc}") from None
         object.__setattr__(self, "trusted_proxies", tuple(str(network) for network in networks))
+        if self.proxy_protocol and self.tls_cert is not None:
+            raise ValueError(
+                "proxy_protocol with tls_cert is not supported yet: terminate TLS at the balancer"
+            )
         if self.reuse_port and not sys.platform.startswith("linux"):
             raise ValueError("reuse_port needs Linux (SO_REUSEPORT spreads connections there only)")
         if self.plain_port is not None and not 0 <= self.plain_port <= 65535:
