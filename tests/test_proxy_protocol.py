@@ -44,6 +44,12 @@ def test_v2_proxy_and_local() -> None:
         b"PROXY TCP4 999.0.0.1 10.0.0.1 1 2\r\n",
         b"PROXY TCP4 ::1 10.0.0.1 1 2\r\n",
         b"PROXY TCP4 1.2.3.4 10.0.0.1 1\r\n",
+        b"PROXY TCP4 1.2.3.4 10.0.0.1 65536 1\r\n",
+        b"PROXY TCP4 1.2.3.4 10.0.0.1 1 65536\r\n",
+        b"PROXY TCP4 1.2.3.4 10.0.0.1 +1 2\r\n",
+        b"PROXY TCP4 1.2.3.4 10.0.0.1 1_0 2\r\n",
+        b"PROXY TCP4 01.2.3.4 10.0.0.1 1 2\r\n",
+        b"PROXY TCP4 1.2.3.4  10.0.0.1 1 2\r\n",
         b"PROXY " + b"9" * 120,
         V2_SIGNATURE + bytes([0x21, 0x11]) + (4096).to_bytes(2, "big"),
         V2_SIGNATURE + bytes([0x11, 0x11, 0, 0]),
@@ -59,6 +65,34 @@ def test_a_header_split_anywhere_is_only_whole_at_its_end(header: bytes) -> None
     for cut in range(len(header)):
         assert parse(header[:cut]) is None
     assert isinstance(parse(header), Proxied)
+
+
+@given(st.ip_addresses(v=4), st.ip_addresses(v=4), st.integers(0, 65535), st.integers(0, 65535))
+def test_any_ipv4_client_is_named_as_ipaddress_names_it(
+    source: ipaddress.IPv4Address, destination: ipaddress.IPv4Address, port: int, to_port: int
+) -> None:
+    """The v1 shortcut (a regular expression) and v2's bytes give the same
+    text as ipaddress, which the general path uses."""
+    line = f"PROXY TCP4 {source} {destination} {port} {to_port}\r\n".encode()
+    assert parse(line + b"x") == Proxied(f"{source}:{port}", b"x")
+    assert parse(v2_tcp4(str(source), port)) == Proxied(f"{source}:{port}", b"")
+
+
+@given(st.lists(st.text("0123456789", min_size=1, max_size=4), min_size=4, max_size=4))
+def test_a_v1_address_is_taken_only_if_ipaddress_takes_it(octets: list[str]) -> None:
+    """Leading zeros, octets over 255: refused exactly when ipaddress
+    refuses them, on whichever path the line takes."""
+    source = ".".join(octets)
+    try:
+        expected: object = Proxied(f"{ipaddress.IPv4Address(source)}:1", b"")
+    except ValueError:
+        expected = BadHeader
+    line = f"PROXY TCP4 {source} 10.0.0.1 1 2\r\n".encode()
+    try:
+        got: object = parse(line)
+    except BadHeader:
+        got = BadHeader
+    assert got == expected
 
 
 def test_the_bound() -> None:

@@ -44,6 +44,8 @@ _ACCEPT_BATCH = 64
 #: How long a client refused after its TLS handshake gets to take the line
 #: that says why.
 _REFUSAL_WAIT = 1.0
+#: Addresses whose trust is remembered (then the memo starts again).
+_TRUST_MEMO_SIZE = 1024
 #: How long a trusted proxy has to send its PROXY header.
 PROXY_HEADER_TIMEOUT = 3.0
 #: What a client hears from a node that has lost its deployment's Redis.
@@ -75,6 +77,10 @@ class Admission:
         self._trusted = (
             [ipaddress.ip_network(network) for network in networks] if config.proxy_protocol else None
         )
+        # Who is trusted, by IP: a balancer's few addresses connect again and
+        # again, and ipaddress costs microseconds a connection.  Bounded, as
+        # direct clients may come from anywhere.
+        self._trust_memo: dict[str, bool] = {}
         self._proxy_failures = throttles.line(logging.WARNING)
         self._health_checks = throttles.line(logging.DEBUG)
         #: Set when the certificate files are reloaded (Server.reload_tls).
@@ -302,11 +308,19 @@ class Admission:
 
     def _is_trusted(self, peer: object) -> bool:
         assert self._trusted is not None
-        try:
-            ip = ipaddress.ip_address(peer[0] if isinstance(peer, tuple) else "")
-        except ValueError:
-            return False
-        return any(ip in network for network in self._trusted)
+        host = peer[0] if isinstance(peer, tuple) else ""
+        trusted = self._trust_memo.get(host)
+        if trusted is None:
+            try:
+                ip = ipaddress.ip_address(host)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(ip in network for network in self._trusted)
+            if len(self._trust_memo) >= _TRUST_MEMO_SIZE:
+                self._trust_memo.clear()
+            self._trust_memo[host] = trusted
+        return trusted
 
     def _proxy_header_now(
         self, sock: socket.socket, proxy: str

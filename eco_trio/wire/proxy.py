@@ -14,8 +14,9 @@ peer cannot make the server buffer without end.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 V1_PREFIX: Final = b"PROXY "
 V1_MAX: Final = 107  # the spec's bound, CRLF included
@@ -25,12 +26,24 @@ V2_MAX_PAYLOAD: Final = 512
 MAX_HEADER: Final = 16 + V2_MAX_PAYLOAD
 
 
+_OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = rb"(" + _OCTET + rb"(?:\." + _OCTET + rb"){3})"
+_PORT = rb"(0|[1-9][0-9]{0,4})"
+#: The usual v1 line, TCP over IPv4, in its one canonical spelling: matched
+#: at once.  Anything else takes the general path below, which needs
+#: ipaddress (a few microseconds, on every connection, otherwise).
+_PORT_TEXT = re.compile(_PORT)
+_V1_TCP4 = re.compile(rb"PROXY TCP4 " + _IPV4 + b" " + _IPV4 + b" " + _PORT + b" " + _PORT + rb"\r\n")
+
+
 class BadHeader(ValueError):
     """Not a valid PROXY header (the connection is closed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Proxied:
+class Proxied(NamedTuple):
+    """A client's connection, relayed.  (A named tuple: made once a
+    connection, and a frozen dataclass costs twice as much to make.)"""
+
     #: The client's address, ``ip:port`` (``[ip]:port`` for IPv6).
     address: str
     #: What came after the header: the client's first bytes.
@@ -50,6 +63,10 @@ def _address(host: str, port: int) -> str:
 
 def parse(data: bytes | bytearray) -> Proxied | Local | None:
     """A whole header at the start of ``data``, or None if more is needed."""
+    if (usual := _V1_TCP4.match(data)) is not None:
+        host, port, to_port = usual.group(1, 3, 4)
+        if (len(port) < 5 or int(port) <= 65535) and (len(to_port) < 5 or int(to_port) <= 65535):
+            return Proxied((host + b":" + port).decode(), bytes(data[usual.end() :]))
     if data[: len(V2_SIGNATURE)] == V2_SIGNATURE[: len(data)] and len(data) < len(V2_SIGNATURE):
         return None  # could still become a v2 signature
     if data.startswith(V2_SIGNATURE):
@@ -76,11 +93,12 @@ def _parse_v1(data: bytes) -> Proxied | Local | None:
     try:
         source = ipaddress.ip_address(words[2].decode("ascii"))
         ipaddress.ip_address(words[3].decode("ascii"))
-        port = int(words[4])
-        int(words[5])
+        if not all(_PORT_TEXT.fullmatch(word) for word in words[4:6]):
+            raise ValueError
+        port, to_port = int(words[4]), int(words[5])
     except (ValueError, UnicodeDecodeError):
         raise BadHeader("a malformed PROXY v1 address") from None
-    if (source.version == 4) != (words[1] == b"TCP4") or not 0 <= port <= 65535:
+    if (source.version == 4) != (words[1] == b"TCP4") or max(port, to_port) > 65535:
         raise BadHeader("a malformed PROXY v1 address")
     return Proxied(_address(str(source), port), rest)
 
@@ -102,7 +120,7 @@ def _parse_v2(data: bytes) -> Proxied | Local | None:
     if command != 1:
         raise BadHeader("a PROXY v2 header with an unknown command")
     if family == 0x11 and length >= 12:  # TCP over IPv4
-        host = str(ipaddress.IPv4Address(payload[0:4]))
+        host = ".".join(map(str, payload[0:4]))
         port = int.from_bytes(payload[8:10], "big")
     elif family == 0x21 and length >= 36:  # TCP over IPv6
         host = str(ipaddress.IPv6Address(payload[0:16]))
