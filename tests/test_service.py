@@ -5,12 +5,16 @@ NOTIFY_SOCKET the test reads), the watchdog, and socket activation
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from .processes import TIMEOUT, eco, server_process
 
@@ -74,3 +78,67 @@ def test_socket_activation_serves_the_passed_socket() -> None:
             _, stderr = process.communicate(timeout=TIMEOUT)
         assert process.returncode == 0, stderr
         assert f"listening on 127.0.0.1:{port}" in stderr
+
+
+_UNITS = Path(__file__).resolve().parent.parent / "contrib" / "systemd"
+
+
+def _analyze(*args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    return subprocess.run(
+        ["systemd-analyze", *args], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
+
+
+def _units_here(tmp_path: Path) -> Path:
+    """The shipped units, with ExecStart pointing at this environment's
+    eco_trio (verify checks that the program exists)."""
+    program = Path(sys.executable).parent / "eco_trio"
+    if not program.exists():
+        pytest.skip(f"no eco_trio script next to {sys.executable}")
+    for unit in ("eco_trio.service", "eco_trio.socket"):
+        text = (_UNITS / unit).read_text().replace("/opt/eco_trio/.venv/bin/eco_trio", str(program))
+        (tmp_path / unit).write_text(text)
+    return tmp_path / "eco_trio.service"
+
+
+def test_the_shipped_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    service = _units_here(tmp_path)
+    result = _analyze("verify", str(service), str(tmp_path / "eco_trio.socket"))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+
+
+def test_the_shipped_service_is_hardened(tmp_path: Path) -> None:
+    """systemd's own exposure score (0 safest, 10 none): DynamicUser,
+    ProtectSystem=strict, NoNewPrivileges and the rest keep it low."""
+    result = _analyze("security", "--offline=yes", str(_units_here(tmp_path)))
+    if "--offline" in result.stderr and "unrecognized" in result.stderr:
+        pytest.skip("systemd-analyze security --offline needs systemd 250 or newer")
+    match = re.search(r"Overall exposure level for eco_trio\.service: ([0-9.]+)", result.stdout)
+    assert match is not None, result.stdout + result.stderr
+    assert float(match[1]) <= 2.0, result.stdout
+
+
+def test_the_units_command_line_is_one_the_server_takes(tmp_path: Path) -> None:
+    """ExecStart's words, with the credential's path filled in, start a
+    server (on a free loopback port rather than 0.0.0.0:5000)."""
+    line = next(
+        row for row in (_UNITS / "eco_trio.service").read_text().splitlines() if row.startswith("ExecStart=")
+    )
+    words = line.split("=", 1)[1].split()
+    token = tmp_path / "token"
+    token.write_text("secreto\n")
+    token.chmod(0o600)
+    arguments = [word.replace("${CREDENTIALS_DIRECTORY}", str(tmp_path)) for word in words[2:]]
+    host = arguments.index("--host")
+    arguments[host + 1] = "127.0.0.1"
+    with server_process(*arguments) as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as client:
+            reader = client.makefile("rb")
+            assert reader.readline().startswith(b"BIENVENIDO")
+            client.sendall(b"DESCONEXION secreto\n")
+            assert reader.readline().startswith(b"DESCONEXION")
+            reader.close()
+        assert server.process.wait(TIMEOUT) == 0
