@@ -42,6 +42,7 @@ _SUBPROCESS_CALLS = (
     "supervised(",
     "nodes(redis",
     "haproxy(",
+    "nginx(",
 )
 
 
