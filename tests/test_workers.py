@@ -188,6 +188,16 @@ def test_a_killed_supervisor_takes_its_workers_and_redis_with_it() -> None:
         eventually(lambda: not any(alive(pid) for pid in started.values()), seconds=5)
 
 
+def test_without_a_parent_death_signal_the_orphaned_workers_stop_redis() -> None:
+    """As on macOS, where no parent-death signal stops the private
+    redis-server: the workers, orphaned, stop it themselves."""
+    with supervised("2", env={**os.environ, "ECO_TRIO_FAULT": "no-parent-death-signal"}) as server:
+        eventually(lambda: serving(server))
+        started = pids(server)
+        server.process.send_signal(signal.SIGKILL)
+        eventually(lambda: not any(alive(pid) for pid in started.values()), seconds=5)
+
+
 def test_sigusr2_replaces_every_worker_under_load_and_loses_nothing() -> None:
     with supervised("2", "--grace", "5") as server:
         eventually(lambda: serving(server))

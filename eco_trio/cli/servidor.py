@@ -256,6 +256,9 @@ def add_parser(commands: argparse._SubParsersAction[Parser]) -> None:
     server.add_argument("--listen-fd", type=int, action="append", default=[], help=argparse.SUPPRESS)
     server.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
     server.add_argument("--worker", help=argparse.SUPPRESS)
+    # The --redis given is the supervisor's private one: an orphaned worker
+    # stops it (where no parent-death signal does: macOS, the BSDs).
+    server.add_argument("--private-redis", action="store_true", help=argparse.SUPPRESS)
     server.add_argument(
         "--io",
         choices=IO_PATHS,
@@ -506,6 +509,7 @@ async def _serve_as_worker(config: ServerConfig, args: argparse.Namespace) -> in
         log.error("ECO_TRIO_FAULT=worker-crash-at-start: crashing as asked")
         return EXIT_FAILURE
     server = Server(config, listeners=listeners or None, metrics_socket=metrics_socket)
+    orphaned = False
     signals = [*_SHUTDOWN_SIGNALS, *([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])]
     with trio.open_signal_receiver(*signals) as received:
         async with trio.open_nursery() as nursery:
@@ -522,10 +526,12 @@ async def _serve_as_worker(config: ServerConfig, args: argparse.Namespace) -> in
                         server.shutdown()
 
             async def watch_supervisor() -> None:
+                nonlocal orphaned
                 stdin = trio.lowlevel.FdStream(os.dup(0))
                 while await stdin.receive_some(4096):
                     pass
                 log.warning("the supervisor is gone: shutting down", extra={"event": "orphaned"})
+                orphaned = True
                 server.shutdown()
 
             async def report_alive() -> None:
@@ -542,9 +548,27 @@ async def _serve_as_worker(config: ServerConfig, args: argparse.Namespace) -> in
             nursery.start_soon(watch_supervisor)
             await nursery.start(serve)
             nursery.start_soon(report_alive)
+    if orphaned and args.private_redis and config.redis:
+        await _stop_private_redis(config.redis)
     if server.control.stopped_by_desconexion:
         _report("desconexion")
     return EXIT_OK
+
+
+async def _stop_private_redis(url: str) -> None:
+    """The supervisor died without stopping its redis-server (SIGKILL):
+    stop it from here, once this worker's clients are told.  Every orphaned
+    worker tries; the first one succeeds, and a Redis already gone is
+    what was wanted.  Linux has a parent-death signal for this too."""
+    from eco_trio.server.cluster import resp
+
+    with trio.move_on_after(2), contextlib.suppress(OSError, trio.BrokenResourceError, resp.ReplyError):
+        link = resp.Link(url)
+        try:
+            await link.call("SHUTDOWN", "NOSAVE")
+        finally:
+            await link.aclose()
+    log.info("stopped the supervisor's private redis-server", extra={"event": "orphaned"})
 
 
 def _reload_tls(server: Server) -> None:
