@@ -102,12 +102,25 @@ def lines(port: int, count: int) -> Iterator[list[Line]]:
 def test_clients_spread_over_workers_and_one_listar_lists_them_all() -> None:
     with supervised("3") as server:
         eventually(lambda: serving(server))
-        with lines(server.port, 12) as clients:
+        started = pids(server)
+        workers = ["worker-1", "worker-2", "worker-3"]
+        with lines(server.port, 9) as clients:
+            # One client more on each worker, the others paused while it
+            # connects (which idle worker wins an accept is a race).
+            for chosen in workers:
+                paused = [started[name] for name in workers if name != chosen]
+                for pid in paused:
+                    os.kill(pid, signal.SIGSTOP)
+                try:
+                    clients.append(Line(server.port))
+                finally:
+                    for pid in paused:
+                        os.kill(pid, signal.SIGCONT)
             assert all(c.greeting.startswith("BIENVENIDO") for c in clients)
             rows = clients[0].listing()
             assert len(rows) == 12
             nodes = {row.rsplit("nodo=", 1)[1].split()[0] for row in rows}
-            assert nodes <= {"worker-1", "worker-2", "worker-3"}
+            assert nodes == set(workers)
             assert clients[-1].request("hola") == "HOLA"
 
 
@@ -125,16 +138,21 @@ def test_a_killed_worker_is_replaced_and_its_clients_leave_listar() -> None:
         eventually(lambda: serving(server))
         clients: list[Line] = []
         try:
-            # Connect until both workers have clients (which one accepts is
-            # the kernel's and the load's choice).
-            for _ in range(60):
-                clients.append(Line(server.port))
-                nodes = {row.split("nodo=")[1].split()[0] for row in clients[0].listing()}
-                if nodes == {"worker-1", "worker-2"}:
-                    break
-            assert nodes == {"worker-1", "worker-2"}, nodes
+            # Clients on both workers.  Which idle worker accepts from the
+            # shared listener is a race (here one often wins every time), so
+            # each worker in turn is stopped while the other accepts two:
+            # the shared queue strands nobody behind a stopped worker.
+            started = pids(server)
+            for paused in ("worker-2", "worker-1"):
+                os.kill(started[paused], signal.SIGSTOP)
+                try:
+                    clients += [Line(server.port), Line(server.port)]
+                finally:
+                    os.kill(started[paused], signal.SIGCONT)
+            nodes = [row.split("nodo=")[1].split()[0] for row in clients[0].listing()]
+            assert sorted(nodes) == ["worker-1"] * 2 + ["worker-2"] * 2, nodes
             victim = "worker-2"
-            os.kill(pids(server)[victim], signal.SIGKILL)
+            os.kill(started[victim], signal.SIGKILL)
             eventually(lambda: any(f"started {victim}.2" in line for line in server.log))
 
             def answers(client: Line) -> bool:
