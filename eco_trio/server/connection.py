@@ -25,7 +25,8 @@ from eco_trio.server.handle import ConnectionHandle
 from eco_trio.server.registry import ClientEntry, Registry
 from eco_trio.server.stats import Totals
 from eco_trio.transport.conduit import Conduit, conduit
-from eco_trio.transport.socket_stream import ReceiveInterrupted, SendTimeout
+from eco_trio.transport.scheduling import schedule_point
+from eco_trio.transport.socket_stream import CANCEL_POINT_EVERY, ReceiveInterrupted, SendTimeout
 from eco_trio.wire import protocol
 from eco_trio.wire.protocol import (
     Authenticate,
@@ -164,7 +165,12 @@ async def _converse(host: Host, link: Conduit, entry: ClientEntry) -> bool:
     entry.protocol = parser
     # Bound methods every message uses, looked up once.  (An idle
     # connection keeps each one: 64 bytes; send_all is looked up when used.)
-    receive_some, send_nowait = link.receive_some, link.send_nowait
+    # Where the stream can read without waiting, the loop takes the turn a
+    # read owes the other tasks itself and reads at once: no coroutine per
+    # message (about 0.6 µs of a pingpong reply's CPU, benchmarks/compare).
+    receive_nowait = link.receive_nowait if link.nowait_reads else None
+    send_nowait = link.send_nowait
+    turns = 0  # a full checkpoint (cancellation) every CANCEL_POINT_EVERY turns
     current_time = host.clock()
     pause, idle = host.config.pause, host.idle_timeout
     # A cancel scope costs a connection about 0.8 KiB and 8 µs of CPU
@@ -185,12 +191,23 @@ async def _converse(host: Host, link: Conduit, entry: ClientEntry) -> bool:
             while not handle.interrupted:
                 if timed := fragment or idle is not None:
                     scope.deadline = _deadline(entry, last_data if fragment else None, pause, idle)
-                handle.reading = True
-                try:
-                    data = await receive_some(RECEIVE_SIZE)
-                except ReceiveInterrupted:  # the interrupter: handle.interrupted is set
-                    break
-                handle.reading = False
+                data = None
+                if receive_nowait is not None:
+                    turns = (turns + 1) % CANCEL_POINT_EVERY  # (small ints: nothing allocated)
+                    if turns:
+                        await schedule_point()
+                    else:
+                        await trio.lowlevel.checkpoint()
+                    if handle.interrupted:  # a notice came meanwhile: read no more
+                        break
+                    data = receive_nowait(RECEIVE_SIZE)
+                if data is None:
+                    handle.reading = True
+                    try:
+                        data = await link.receive_some(RECEIVE_SIZE)
+                    except ReceiveInterrupted:  # the interrupter: handle.interrupted is set
+                        break
+                    handle.reading = False
                 if timed:
                     scope.deadline = math.inf
                 if not data and parser.quick_close():  # the client closed, and nothing is held
@@ -200,7 +217,7 @@ async def _converse(host: Host, link: Conduit, entry: ClientEntry) -> bool:
                 # (At end of input, a fragment still held is answered as a line.)
                 lines = data.count(b"\n") if data else int(fragment)
                 entry.lines_in += lines
-                reply = parser.quick_reply(data)
+                reply = parser.quick_reply(data, lines)
                 if reply is not None:
                     # The usual read, whole ordinary lines: one reply line
                     # each, in one write, without events or a call.

@@ -27,6 +27,15 @@ class Conduit(Protocol):
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray: ...
 
+    #: Whether :meth:`receive_nowait` can ever find data.  Where it can, a
+    #: reader takes a turn (a schedule point) and then calls it, and calls
+    #: ``receive_some`` only when it finds nothing.
+    nowait_reads: bool
+
+    def receive_nowait(self, max_bytes: int) -> bytes | bytearray | None:
+        """What has come already, without waiting or yielding; None when
+        nothing has (or the stream cannot tell: ``nowait_reads`` False)."""
+
     async def send_all(self, data: Bytes) -> None: ...
 
     def send_nowait(self, data: Bytes) -> int:
@@ -58,6 +67,11 @@ class StreamConduit:
         self.send_all = stream.send_all
         self.send_eof = stream.send_eof
         self.aclose = stream.aclose
+
+    nowait_reads = False
+
+    def receive_nowait(self, max_bytes: int) -> None:
+        return None
 
     def send_nowait(self, data: Bytes) -> int:
         return 0

@@ -150,6 +150,30 @@ class SocketStream(trio.abc.HalfCloseableStream):
             self._maybe_readable = True
             return data
 
+    #: receive_nowait can find data: see :class:`~eco_trio.transport.conduit.Conduit`.
+    nowait_reads = True
+
+    def receive_nowait(self, max_bytes: int) -> bytes | None:
+        """What has come already (at most ``max_bytes``; ``b""`` at the end
+        of input), without waiting or yielding; None when nothing has, and
+        then :meth:`receive_some` waits for it.  The caller owes the other
+        tasks the turn a read takes (see ``receive_some``): a server's hot
+        loop takes it itself and spares a coroutine per message."""
+        if self._closed:
+            raise trio.ClosedResourceError("stream was closed")
+        if self._interrupt:
+            self._interrupt = False
+            raise ReceiveInterrupted
+        if not self._maybe_readable:
+            return None
+        try:
+            return self._sock.recv(max_bytes)
+        except BlockingIOError:
+            self._maybe_readable = False  # drained: receive_some waits
+            return None
+        except OSError as exc:
+            raise self._translate(exc, closed=self._closed) from exc
+
     def receive_interrupter(self) -> Callable[[], None] | None:
         """:meth:`interrupt_receive`, where the readiness supports it."""
         return self.interrupt_receive if self._readiness.interrupts else None

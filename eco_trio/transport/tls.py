@@ -267,6 +267,12 @@ class TLSStream(trio.abc.HalfCloseableStream):
     def getpeercert(self) -> dict[str, Any] | None:
         return self._ssl.getpeercert()
 
+    #: TLS records are read through receive_some only.
+    nowait_reads = False
+
+    def receive_nowait(self, max_bytes: int) -> None:
+        return None
+
     def receive_interrupter(self) -> Callable[[], None] | None:
         """The transport's: an interrupted read leaves the TLS state as it
         was, since no bytes were read."""

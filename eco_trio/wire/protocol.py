@@ -160,14 +160,14 @@ class ServerProtocol:
             return self._receive_telnet(data)
         return self._receive(data)
 
-    def quick_reply(self, data: bytes | bytearray) -> bytes | None:
+    def quick_reply(self, data: bytes | bytearray, lines: int = 0) -> bytes | None:
         """The whole reply to ``data`` when it is complete ordinary lines with
         nothing held before them (the usual read), as bytes, without events;
         None: call :meth:`receive_data` instead, which would give the same
-        reply as one :class:`Reply`.  The I/O layer's fast path."""
-        if self._closed or self._buffer or self._telnet is not None:
-            return None
-        if not data.endswith(b"\n") or 0xFF in data:
+        reply as one :class:`Reply`.  The I/O layer's fast path, run once per
+        read: ``lines``, if the caller knows it, is how many newlines
+        ``data`` holds (1 spares a search for commands after the first)."""
+        if self._closed or self._buffer or self._telnet is not None or not data.endswith(b"\n"):
             return None
         if self._fresh:  # (what else a first read may be, _fast_reply sees)
             if data[0] == 0x16:  # a TLS record, perhaps: receive_data tells
@@ -175,7 +175,7 @@ class ServerProtocol:
             if self._refuse_proxy and data[:6] in (b"PROXY ", b"\r\n\r\n\x00\r"):
                 return None  # a PROXY header, perhaps: receive_data tells
             self._fresh = False
-        return self._fast_reply(data)
+        return self._fast_reply(data, lines)
 
     def quick_close(self) -> bool:
         """At end of input: True when nothing is held to answer (the usual
@@ -278,19 +278,23 @@ class ServerProtocol:
 
     # --- internals ----------------------------------------------------------
 
-    def _fast_reply(self, complete: bytes | bytearray) -> bytes | None:
+    def _fast_reply(self, complete: bytes | bytearray, lines: int = 0) -> bytes | None:
         """All complete lines of one read as one reply, or None when some line
-        needs a closer look (a command, bad UTF-8, an over-long line)."""
+        needs a closer look (a command, bad UTF-8, an over-long line, a
+        telnet command).  ``lines``: as for :meth:`quick_reply`."""
         if len(complete) > self._max_line + 1:  # some line may be too long
             return None
         upper = complete.upper()  # ASCII letters only: what commands are matched on
         if upper[0] in MAY_START_SPECIAL and SPECIAL_FIRST_LINE.match(upper):
             return None
-        if SPECIAL_LATER_LINE.search(upper, 0, len(upper) - 1):  # (a "\n" last starts no line)
+        # (A "\n" last starts no line.)
+        if lines != 1 and SPECIAL_LATER_LINE.search(upper, 0, len(upper) - 1):
             return None
         if 0x2F in upper and b"HTTP/" in upper:  # 0x2F, "/": an int is found by memchr
             return None
         if not upper.isascii():
+            if 0xFF in upper:  # telnet's IAC: receive_data tells
+                return None
             try:
                 # Uppercasing grows text at most 3x (U+0390 -> three
                 # characters), so this reply is bounded by the read.
