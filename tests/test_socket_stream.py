@@ -382,3 +382,42 @@ async def test_close_from_another_task_wakes_the_reader_and_a_reused_fd_works(
                 stream.close()
     for _, peer in pairs:
         peer.close()
+
+
+@pytest.mark.skipif(not EPOLL_AVAILABLE, reason="the epoll reactor needs Linux")
+async def test_the_leaders_spin_adapts_to_what_it_finds() -> None:
+    """Before sleeping, the leader looks again up to its patience times:
+    a spin that ends in sleep halves it (down to 1), a spin that finds an
+    event raises it by one (up to MAX_PATIENCE)."""
+    from eco_trio.transport.reactor import MAX_PATIENCE, Reactor
+
+    a, b = socket.socketpair()
+    with Reactor() as reactor, a, b:
+        stream = SocketStream(a, reactor)
+        start = reactor.patience
+        received: list[bytes] = []
+
+        async def read_once() -> None:
+            received.append(await stream.receive_some())
+
+        # Nobody writes while the leader spins: each wait ends in sleep.
+        for expected in (start // 2, start // 4, max(1, start // 8), 1, 1):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_once)
+                await trio.testing.wait_all_tasks_blocked()  # asleep: the spin is over
+                assert reactor.patience == expected
+                b.send(b"x")
+        # A write that comes while the leader spins: the spin paid.  (From
+        # a patience the checkpoints below cannot outlast.)
+        reactor.patience = MAX_PATIENCE - 2
+        for step in range(1, 4):
+            before = reactor.patience
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_once)
+                # Long enough for the reader to find nothing and lead (two
+                # turns), short of its patience: then the write comes.
+                for _ in range(6):
+                    await trio.lowlevel.checkpoint()
+                b.send(b"y")
+            assert reactor.patience == min(MAX_PATIENCE, before + 1), step
+        assert received == [b"x"] * 5 + [b"y"] * 3

@@ -65,11 +65,17 @@ _LEAD = -1  # what a follower is woken with when it is promoted to leader
 #: The leader's socket was closed under it: no fd number, so a new socket
 #: that reuses the number is not taken for the old one.
 _CLOSED = -2
-#: Before the leader sleeps, it lets every other task run and looks again this
-#: many times.  An event that comes meanwhile costs no sleep and no wake-up,
-#: and a server that goes to sleep a few microseconds later wakes up faster on
-#: virtual machines (measured: benchmarks/compare, pingpong 1 client).
-_SPINS = int(__import__("os").environ.get("ECO_SPINS", "8"))  # TEMP
+#: Before the leader sleeps, it lets every other task run and looks again, up
+#: to its *patience* times.  An event that comes meanwhile costs no sleep and
+#: no wake-up, and a server that goes to sleep a few microseconds later wakes
+#: up faster on virtual machines (measured: benchmarks/compare, pingpong 1
+#: client).  But a look that finds nothing is CPU spent for nothing, and how
+#: often one finds something depends on the host and the clients, not on a
+#: constant: so the patience adapts.  A spin that finds an event raises it by
+#: one (up to MAX_PATIENCE); a spin that ends in sleep anyway halves it (down
+#: to 1, so that it can learn again).
+MAX_PATIENCE = 16
+_START_PATIENCE = 8
 
 
 class _Abort:
@@ -102,6 +108,7 @@ class Reactor:
         "_waiters",
         "_wake_reader",
         "_wake_writer",
+        "patience",
     )
 
     def __init__(self) -> None:
@@ -109,6 +116,8 @@ class Reactor:
         self._waiters: dict[int, Task] = {}  # followers, by the socket they wait on
         self._in_epoll: set[int] = set()  # the sockets added to the epoll
         self._interrupted_leader: int | None = None  # see interrupt()
+        #: Empty looks the leader takes before it sleeps (see MAX_PATIENCE).
+        self.patience = _START_PATIENCE
         #: The leader's socket (None: no leader; _CLOSED: closed under it).
         self._leader_fd: int | None = None
         # To wake a leader whose own socket is closed by another task.
@@ -221,13 +230,18 @@ class Reactor:
                     raise trio.ClosedResourceError("another task closed this socket")
                 if self._interrupted_leader == fd:
                     return 0
-                if spins < _SPINS:
+                if spins < self.patience:
                     spins += 1
                     await checkpoint()
                 else:
+                    if spins:  # the spin found nothing: be less patient
+                        self.patience = max(1, self.patience // 2)
+                    spins = 0
                     await trio.lowlevel.wait_readable(epoll.fileno())
                 batch = epoll.poll(0, _MAX_EVENTS)
                 if batch:
+                    if spins and self.patience < MAX_PATIENCE:  # the spin paid
+                        self.patience += 1
                     spins = 0
                 mine = 0
                 for ready, events in batch:
