@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +21,28 @@ TIMEOUT = 20
 class ServerProcess:
     process: subprocess.Popen[str]
     port: int
-    log: list[str]
+    lines: list[str]
+    reader: threading.Thread
+
+    @property
+    def log(self) -> list[str]:
+        """The server's log so far.  Once the server has exited, all of it:
+        the thread that reads it may trail the exit."""
+        if self.process.poll() is not None:
+            self.reader.join(TIMEOUT)
+        return self.lines
+
+    def wait_for(self, text: str) -> str:
+        """The first log line containing ``text``, waiting for it (bounded):
+        the server's log thread writes it, and ours reads it, some time
+        after whatever the clients saw."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            for line in self.log:
+                if text in line:
+                    return line
+            assert time.monotonic() < deadline, f"no {text!r} in the log: {self.lines}"
+            time.sleep(0.02)
 
 
 def eco(*args: str) -> list[str]:
@@ -66,7 +88,7 @@ def server_process(
     reader.start()
     try:
         assert listening.wait(TIMEOUT), f"server did not start: {log}"
-        yield ServerProcess(process, ports[0], log)
+        yield ServerProcess(process, ports[0], log, reader)
     finally:
         if process.poll() is None:
             process.kill()  # only our own child, by its handle
