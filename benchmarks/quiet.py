@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""What a quiet client costs the server: one line, its reply, then a pause.
+
+    python3 benchmarks/quiet.py [--gap-ms 0.5] [--lines 4000] [--baseline DIR]
+
+A busy server never sleeps; a quiet one sleeps between every line, and what
+it does around each sleep (the epoll leader's spin before it, the wake-up
+after it) is most of what a line costs.  Prints the server's CPU per line
+(server on CPU 1, this client on CPU 0).  ``--baseline`` also runs eco_trio
+from another checkout (a git worktree of main before a change), alternating
+with this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pin(cpu: int) -> None:
+    if (os.cpu_count() or 1) > cpu and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(root: Path, gap: float, lines: int) -> float:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = (
+        f"import runpy, sys; sys.path.insert(0, {str(root)!r}); "
+        "runpy.run_module('eco_trio', run_name='__main__')"
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", run, "servidor", "--host", "127.0.0.1", "--port", str(port),
+         "--log-level", "WARNING"],
+        stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(1),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=5)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the server did not start") from None
+                time.sleep(0.05)
+        with client, client.makefile("rb") as replies:
+            replies.readline()  # the greeting
+            before = cpu_seconds(server.pid)
+            for _ in range(lines):
+                client.sendall(b"hola\n")
+                if replies.readline() != b"HOLA\n":
+                    raise SystemExit("a wrong reply")
+                time.sleep(gap)
+            spent = cpu_seconds(server.pid) - before
+        return spent * 1e6 / lines
+    finally:
+        server.terminate()  # our own child, by its handle
+        server.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--gap-ms", type=float, default=0.5)
+    parser.add_argument("--lines", type=int, default=4000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="another checkout of eco_trio, run alternately")
+    args = parser.parse_args()
+    pin(0)
+    roots = [("this checkout", ROOT)] + ([("baseline", args.baseline)] if args.baseline else [])
+    for round_number in range(1, args.rounds + 1):
+        for name, root in roots:
+            per_line = measure(root, args.gap_ms / 1000, args.lines)
+            print(f"round {round_number}, {name}: {per_line:.1f} µs of server CPU per line "
+                  f"({args.gap_ms:g} ms between lines)")  # fmt: skip
+    print(f"\nReproduce: python3 benchmarks/quiet.py {' '.join(sys.argv[1:])}")
+
+
+if __name__ == "__main__":
+    main()
