@@ -40,37 +40,41 @@ from eco_trio.server.config import ServerConfig
 from eco_trio.server.connection import serve_connection
 from eco_trio.server.core import Server, serve
 from eco_trio.transport.fifo import fifo_order
+from eco_trio.transport.readiness import Readiness, open_readiness
 from eco_trio.transport.scheduling import schedule_point
+from eco_trio.transport.socket_stream import SocketStream
 
 TASKS, MESSAGES = 50, 4000
 LINE = b"x" * 63 + b"\n"
 
 
-class AnsweringStream(trio.abc.HalfCloseableStream):
-    """Has a line ready at every read (after a bare turn, as a socket
-    stream under load), drops what is sent, then ends."""
+class AnsweringStream(SocketStream):
+    """Our socket stream, with a line ready at every read and what is sent
+    dropped, then the end: the conversation takes its real hot path (its
+    own turn, then ``receive_nowait``; ``send_nowait``) without the kernel.
+    The socket under it is a socket pair nobody touches."""
 
-    def __init__(self) -> None:
+    def __init__(self, readiness: Readiness) -> None:
+        mine, self.peer = socket.socketpair()
+        super().__init__(mine, readiness)
         self.left = MESSAGES
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await schedule_point()
+    def receive_nowait(self, max_bytes: int) -> bytes:
         if not self.left:
             return b""
         self.left -= 1
         return LINE
 
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        pass
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await schedule_point()
+        return self.receive_nowait(max_bytes or 1)
 
-    async def wait_send_all_might_not_block(self) -> None:
-        pass
-
-    async def send_eof(self) -> None:
-        pass
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> int:
+        return len(data)
 
     async def aclose(self) -> None:
-        pass
+        await super().aclose()
+        self.peer.close()
 
 
 def _steps(turn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
@@ -88,11 +92,12 @@ def _steps(turn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]
 
 async def _messages() -> None:
     server = Server(ServerConfig(host="127.0.0.1", port=0, max_clients=TASKS))
-    async with trio.open_nursery() as nursery:
-        for number in range(TASKS):
-            entry = server.registry.register(f"127.0.0.1:{number}", trio.current_time())
-            assert entry is not None
-            nursery.start_soon(serve_connection, server.control, AnsweringStream(), entry)
+    with open_readiness() as readiness:
+        async with trio.open_nursery() as nursery:
+            for number in range(TASKS):
+                entry = server.registry.register(f"127.0.0.1:{number}", trio.current_time())
+                assert entry is not None
+                nursery.start_soon(serve_connection, server.control, AnsweringStream(readiness), entry)
 
 
 def per_message(run: Callable[[], Awaitable[None]]) -> float:
