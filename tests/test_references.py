@@ -124,3 +124,26 @@ def test_compare_says_why_a_reference_is_left_out(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(compare.shutil, "which", lambda name: None)
     assert "C compiler" in compare.missing("C epoll")
     assert compare.missing("asyncio streams") is None
+
+
+def test_compare_summarises_rounds_with_medians() -> None:
+    """--rounds: a line per round of the target figures, and their medians;
+    a server a round lacks (uvloop not installed) shows as a dash."""
+    compare = load_compare()
+
+    def round_of(eco_pp50: float, uvloop: bool) -> list[object]:
+        rows = []
+        for name, pp50 in (("asyncio streams", 100.0), ("eco_trio", eco_pp50), ("uvloop streams", 120.0)):
+            if name == "uvloop streams" and not uvloop:
+                continue
+            row = compare.Row(name)
+            row.figures |= {"pp50": pp50, "pp50_cpu": 10.0, "pp1": 50.0, "conn_cpu": 80.0}
+            rows.append(row)
+        return rows
+
+    report = compare.summary([round_of(130, True), round_of(110, True), round_of(150, False)])
+    lines = report.splitlines()
+    assert lines[0].startswith("| round | eco pp50 / asyncio | uvloop pp50 / asyncio |")
+    assert lines[2].startswith("| 1 | 1.30x | 1.20x | 1.08 |")
+    assert lines[4].startswith("| 3 | 1.50x | – | – |")
+    assert lines[5].startswith("| **median** | **1.30x** | **1.20x** | **1.00** |")  # median of 1.08 and 0.92
