@@ -48,27 +48,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import trio  # noqa: E402, F401  (see compare: the bench runs slower without it)
+from machine import BENCH_CPU, SERVER_CPU, cpu_seconds, free_port, pin  # noqa: E402
 
 from eco_trio.bench.core import BenchConfig, run_bench  # noqa: E402
-
-SERVER_CPU, BENCH_CPU = 1, 0
-
-
-def pin(cpu: int) -> None:
-    if (os.cpu_count() or 1) > cpu and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
 
 # --- the processes ---------------------------------------------------------------
 

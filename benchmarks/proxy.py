@@ -13,7 +13,6 @@ CPU per connection.  Server on CPU 1, generator on CPU 0.
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import socket
 import statistics
@@ -24,31 +23,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import trio  # noqa: E402, F401  (see compare: the bench runs slower without it)
+from machine import BENCH_CPU, SERVER_CPU, cpu_seconds, free_port, pin  # noqa: E402
 
 from eco_trio.bench.core import BenchConfig, run_bench  # noqa: E402
 
 
-def pin(cpu: int) -> None:
-    if (os.cpu_count() or 1) > cpu and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def start_server(proxy: bool) -> tuple[subprocess.Popen[bytes], int]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     args = [sys.executable, "-m", "eco_trio", "servidor", "--host", "127.0.0.1", "--port", str(port),
             "--log-level", "WARNING", "--max-clients", "19000"]  # fmt: skip
     if proxy:
         args.append("--proxy-protocol")
-    server = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(1))
+    server = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(SERVER_CPU))
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -90,7 +79,7 @@ def main() -> None:
     # one, then the other: the host drifts by more than the effect, so
     # each round compares two windows next to each other.
     servers = {proxy: start_server(proxy) for proxy in (False, True)}
-    pin(0)
+    pin(BENCH_CPU)
     try:
         for round_number in range(1, args.rounds + 1):
             first, second = (False, True) if round_number % 2 else (True, False)

@@ -14,7 +14,6 @@ with this one.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -22,22 +21,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def pin(cpu: int) -> None:
-    if (os.cpu_count() or 1) > cpu and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from machine import BENCH_CPU, SERVER_CPU, cpu_seconds, free_port, pin  # noqa: E402
 
 
 def measure(root: Path, gap: float, lines: int) -> float:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     run = (
         f"import runpy, sys; sys.path.insert(0, {str(root)!r}); "
         "runpy.run_module('eco_trio', run_name='__main__')"
@@ -45,7 +35,7 @@ def measure(root: Path, gap: float, lines: int) -> float:
     server = subprocess.Popen(
         [sys.executable, "-c", run, "servidor", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "WARNING"],
-        stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(1),
+        stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(SERVER_CPU),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 10
@@ -81,7 +71,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--baseline", type=Path, help="another checkout of eco_trio, run alternately")
     args = parser.parse_args()
-    pin(0)
+    pin(BENCH_CPU)
     roots = [("this checkout", ROOT)] + ([("baseline", args.baseline)] if args.baseline else [])
     for round_number in range(1, args.rounds + 1):
         for name, root in roots:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import signal
 import socket
@@ -32,26 +31,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER_CPU, BENCH_CPU = 1, 0
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from machine import BENCH_CPU, SERVER_CPU, cpu_seconds, free_port, pin  # noqa: E402
 
 
-def pin(cpu: int) -> None:
-    if (os.cpu_count() or 1) > cpu and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {cpu})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
+def cpu_or_nothing(pid: int) -> float:
+    """A worker's CPU time so far, or 0 once it has exited."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_seconds(pid)
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Supervised:
@@ -150,16 +140,16 @@ def main() -> None:
         try:
             workers, redis = server.pids()
             if redis is not None:
-                before, started = cpu_seconds(redis), time.monotonic()
+                before, started = cpu_or_nothing(redis), time.monotonic()
                 time.sleep(3)
-                rest[count] = (cpu_seconds(redis) - before) / (time.monotonic() - started) * 100
+                rest[count] = (cpu_or_nothing(redis) - before) / (time.monotonic() - started) * 100
             for mode in ("pingpong", "pipeline"):
-                cpu_before = sum(cpu_seconds(pid) for pid in workers)
-                redis_before = cpu_seconds(redis) if redis else 0.0
+                cpu_before = sum(cpu_or_nothing(pid) for pid in workers)
+                redis_before = cpu_or_nothing(redis) if redis else 0.0
                 rate = loadgen(args.loadgen, server.port, mode, args.seconds)
-                spent = sum(cpu_seconds(pid) for pid in workers) - cpu_before
+                spent = sum(cpu_or_nothing(pid) for pid in workers) - cpu_before
                 window = args.seconds + 0.5
-                redis_load = ((cpu_seconds(redis) - redis_before) / window * 100) if redis else 0.0
+                redis_load = ((cpu_or_nothing(redis) - redis_before) / window * 100) if redis else 0.0
                 cost = spent * 1e6 / (rate * window) if rate else 0.0
                 per_reply[(count, mode)] = cost
                 base = per_reply.get((args.counts[0], mode), cost)
