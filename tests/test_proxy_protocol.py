@@ -172,3 +172,31 @@ def test_a_proxy_header_from_an_untrusted_address_is_refused() -> None:
                 assert reader.read() == b""  # closed, not one more byte
                 reader.close()
         server.wait_for("it spoke PROXY")
+
+
+def test_a_header_that_comes_late_and_in_pieces_is_still_read() -> None:
+    """The accept loop finds nothing yet; a task waits for the rest (the
+    slow path), then serves the client it names.  A malformed header from
+    the same trusted proxy is refused and logged."""
+    import socket
+    import time
+
+    from .processes import TIMEOUT, server_process
+
+    header = b"PROXY TCP4 192.0.2.44 10.0.0.1 4321 5000\r\n"
+    with server_process("--proxy-protocol") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as late:
+            time.sleep(0.2)  # accepted, and nothing sent yet
+            late.sendall(header[:9])
+            time.sleep(0.2)
+            late.sendall(header[9:] + b"LISTAR\n")
+            with late.makefile("rb") as replies:
+                assert replies.readline().startswith(b"BIENVENIDO")
+                assert replies.readline() == b"CLIENTES 1\n"
+                assert replies.readline().startswith(b"192.0.2.44:4321 ")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as wrong:
+            time.sleep(0.2)
+            wrong.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            with wrong.makefile("rb") as replies:
+                assert replies.read() == b""  # closed, not greeted
+        server.wait_for("closed a connection from proxy 127.0.0.1")

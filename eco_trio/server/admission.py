@@ -57,6 +57,12 @@ _FENCED_LINE: Final = protocol.encode_line(
 _TASK_NAME: Final = "eco_trio.connection"
 
 
+def _then(stream: SocketStream, rest: bytes) -> trio.abc.HalfCloseableStream:
+    """The conversation's stream: ``rest`` (a proxied client's first bytes,
+    which came with its PROXY header) first, then ``stream``."""
+    return PrefixedStream(stream, rest) if rest else stream
+
+
 class Admission:
     """Accepts on the server's listeners and admits clients into ``control``'s
     registry, starting each conversation in the ``connections`` nursery."""
@@ -120,34 +126,25 @@ class Admission:
                 address = format_address(peer)
                 if not OPTIONS_INHERITED:
                     tune(sock)
+                rest = b""  # what a proxied client sent after the header
+                early: proxy_protocol.Proxied | proxy_protocol.Local | bytes | BaseException | None = None
                 if self._trusted is not None and self._is_trusted(peer):
                     # A load balancer's connection: the client's address is
                     # in the PROXY header it sends first.  It is usually here
-                    # already (a balancer sends it with the connect): then it
-                    # is admitted here, as a direct client is; otherwise a
-                    # task waits for it (_serve_proxied).
+                    # already (a balancer sends it with the connect): then
+                    # the client is admitted below, as a direct one is;
+                    # otherwise a task waits for it (_serve_proxied).  (No
+                    # TLS context here: the configuration refuses the two
+                    # together.)
                     early = self._proxy_header_now(sock, address)
-                    if isinstance(early, proxy_protocol.Proxied) and node is None and context is None:
-                        if isinstance(entry := self._register(early.address), bytes):
-                            refuse(sock, entry)
-                        else:
-                            self._admitted(entry)
-                            stream = SocketStream(sock, readiness, send_timeout=send_timeout)
-                            conversation: trio.abc.HalfCloseableStream = stream
-                            if early.rest:
-                                conversation = PrefixedStream(stream, early.rest)
-                            connections.start_soon(
-                                serve_connection, self.control, conversation, entry, name=_TASK_NAME
-                            )
-                    elif isinstance(early, proxy_protocol.Local):
-                        sock.close()
-                    elif isinstance(early, BaseException):
-                        sock.close()  # refused (and logged) by _proxy_header_now
+                    if isinstance(early, proxy_protocol.Proxied) and node is None:
+                        address, rest, early = early.address, early.rest, None
+                if early is not None:  # a proxied connection not admitted here
+                    if isinstance(early, (proxy_protocol.Local, BaseException)):
+                        sock.close()  # a health check (counted) or a refusal (logged)
                     else:  # the rest of a header to wait for, or a deployment's admission
                         stream = SocketStream(sock, readiness, send_timeout=send_timeout)
-                        connections.start_soon(
-                            self._serve_proxied, stream, address, early or b"", name=_TASK_NAME
-                        )
+                        connections.start_soon(self._serve_proxied, stream, address, early, name=_TASK_NAME)
                 elif context is not None:
                     # Not a client until its handshake is done: see handshakes.py.
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
@@ -162,7 +159,9 @@ class Admission:
                 else:
                     self._admitted(entry)
                     stream = SocketStream(sock, readiness, send_timeout=send_timeout)
-                    connections.start_soon(serve_connection, self.control, stream, entry, name=_TASK_NAME)
+                    connections.start_soon(
+                        serve_connection, self.control, _then(stream, rest), entry, name=_TASK_NAME
+                    )
                 accepted += 1
                 if accepted % _ACCEPT_BATCH == 0:
                     await trio.lowlevel.checkpoint()  # a connection storm must not starve the rest
@@ -324,27 +323,33 @@ class Admission:
 
     def _proxy_header_now(
         self, sock: socket.socket, proxy: str
-    ) -> proxy_protocol.Proxied | proxy_protocol.Local | bytes | BaseException | None:
+    ) -> proxy_protocol.Proxied | proxy_protocol.Local | bytes | BaseException:
         """What a trusted proxy has sent already: a whole header, the bytes
-        of a partial one, None (nothing yet), or the error that refuses it
-        (counted and logged here).  Health checks are counted here."""
+        of a partial one (``b""``: nothing yet), or the error that refuses
+        it (counted and logged here).  Health checks are counted here."""
         try:
             data = sock.recv(proxy_protocol.MAX_HEADER, socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return None
+            return b""
         except OSError as exc:
             return exc
         if not data:  # connect and close: a plain TCP health check
             self._count_health_check("TCP health check from %s", proxy)
             return proxy_protocol.Local(b"")
         try:
-            header = proxy_protocol.parse(data)
+            header = self._header_in(data, proxy)
         except proxy_protocol.BadHeader as exc:
             self._proxy_refused(proxy, str(exc))
             return exc
+        return data if header is None else header
+
+    def _header_in(self, data: bytes, proxy: str) -> proxy_protocol.Proxied | proxy_protocol.Local | None:
+        """The PROXY header ``data`` starts with (None: not all of it yet);
+        a health check's is counted.  Raises BadHeader."""
+        header = proxy_protocol.parse(data)
         if isinstance(header, proxy_protocol.Local):
             self._count_health_check("health check from %s", proxy)
-        return data if header is None else header
+        return header
 
     def _count_health_check(self, message: str, proxy: str) -> None:
         self.control.totals.health_checks += 1
@@ -378,10 +383,7 @@ class Admission:
                     await stream.send_all(entry)
                 return
             handed_over = True
-            conversation: trio.abc.HalfCloseableStream = stream
-            if header.rest:
-                conversation = PrefixedStream(stream, header.rest)
-            await serve_connection(self.control, conversation, entry)
+            await serve_connection(self.control, _then(stream, header.rest), entry)
         finally:
             if not handed_over:
                 stream.close()
@@ -395,9 +397,7 @@ class Admission:
         with trio.move_on_after(PROXY_HEADER_TIMEOUT):
             try:
                 while True:
-                    if data and (header := proxy_protocol.parse(data)) is not None:
-                        if isinstance(header, proxy_protocol.Local):
-                            self._count_health_check("health check from %s", proxy)
+                    if data and (header := self._header_in(data, proxy)) is not None:
                         return header
                     if len(data) >= proxy_protocol.MAX_HEADER:
                         break
