@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Final
 
+from eco_trio.wire import proxy
 from eco_trio.wire.commands import *  # noqa: F403 (re-exported: the protocol's words)
 from eco_trio.wire.commands import (
     CLOSE,
@@ -150,7 +151,7 @@ class ServerProtocol:
                 start = bytes(self._buffer) + data if self._buffer else data
                 if is_tls_client_hello(start):
                     return self._foreign("TLS")
-                if self._refuse_proxy and start.startswith((b"PROXY ", b"\r\n\r\n\x00\r\nQUIT\n")):
+                if self._refuse_proxy and start.startswith(proxy.SIGNATURES):
                     return self._foreign("PROXY")
                 if may_become_tls_header(start):
                     self._buffer += data  # (a fragment, should the client pause here)
@@ -172,7 +173,7 @@ class ServerProtocol:
         if self._fresh:  # (what else a first read may be, _fast_reply sees)
             if data[0] == 0x16:  # a TLS record, perhaps: receive_data tells
                 return None
-            if self._refuse_proxy and data[:6] in (b"PROXY ", b"\r\n\r\n\x00\r"):
+            if self._refuse_proxy and data.startswith(proxy.STARTS):
                 return None  # a PROXY header, perhaps: receive_data tells
             self._fresh = False
         return self._fast_reply(data, lines)

@@ -21,6 +21,11 @@ from typing import Final, NamedTuple
 V1_PREFIX: Final = b"PROXY "
 V1_MAX: Final = 107  # the spec's bound, CRLF included
 V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
+#: What a read that is a PROXY header starts with; and, for a first read
+#: that ends a line, the first six bytes of each (a v2 signature holds a
+#: newline, so a read may end inside it).
+SIGNATURES: Final = (V1_PREFIX, V2_SIGNATURE)
+STARTS: Final = (V1_PREFIX, V2_SIGNATURE[:6])
 #: v2 headers larger than this (TLVs included) are refused.
 V2_MAX_PAYLOAD: Final = 512
 MAX_HEADER: Final = 16 + V2_MAX_PAYLOAD
