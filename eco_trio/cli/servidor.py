@@ -510,13 +510,13 @@ async def _serve_as_worker(config: ServerConfig, args: argparse.Namespace) -> in
         return EXIT_FAILURE
     server = Server(config, listeners=listeners or None, metrics_socket=metrics_socket)
     orphaned = False
-    signals = [*_SHUTDOWN_SIGNALS, *([signal.SIGUSR2] if hasattr(signal, "SIGUSR2") else [])]
-    with trio.open_signal_receiver(*signals) as received:
+    reload = [_RELOAD_SIGNAL] if _RELOAD_SIGNAL is not None else []
+    with trio.open_signal_receiver(*_SHUTDOWN_SIGNALS, *reload) as received:
         async with trio.open_nursery() as nursery:
 
             async def watch_signals() -> None:
                 async for signum in received:
-                    if signum == getattr(signal, "SIGUSR2", None):
+                    if signum == _RELOAD_SIGNAL:
                         log.info("replaced: draining", extra={"event": "drain"})
                         server.drain()
                     elif server.shutting_down:

@@ -69,6 +69,11 @@ class Worker:
     retired: bool = False
     desconexion: bool = False
 
+    def running(self) -> trio.Process | None:
+        """Its process, while it runs."""
+        process = self.process
+        return process if process is not None and process.returncode is None else None
+
     @property
     def name(self) -> str:
         return f"worker-{self.slot}" + (f".{self.generation}" if self.generation > 1 else "")
@@ -256,9 +261,9 @@ class Supervisor:
         self.stopping = True
         for worker in list(self.all):
             worker.retired = True
-            if worker.process is not None and worker.process.returncode is None:
+            if (process := worker.running()) is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    worker.process.send_signal(sig)
+                    process.send_signal(sig)
         if not self.all:
             self._everyone_gone.set()
 
@@ -295,13 +300,13 @@ class Supervisor:
                     "supervisor: the new worker %d did not become ready: keeping the old one", slot,
                     extra={"event": "restart_failed"},
                 )  # fmt: skip
-                if old is not None and old.process is not None and old.process.returncode is None:
+                if old is not None and old.running():
                     self.current[slot] = old
                 return
-            if old is not None and old.process is not None and old.process.returncode is None:
+            if old is not None and (process := old.running()) is not None:
                 old.retired = True
                 with contextlib.suppress(ProcessLookupError):
-                    old.process.send_signal(signal.SIGUSR2)  # drain: stop accepting, let clients leave
+                    process.send_signal(signal.SIGUSR2)  # drain: stop accepting, let clients leave
         log.info("supervisor: every worker replaced", extra={"event": "restart_done"})
 
 
