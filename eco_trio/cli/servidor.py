@@ -32,7 +32,7 @@ from eco_trio.server import logs, open_files, service
 from eco_trio.server.cluster import DeploymentError
 from eco_trio.server.config import REMOTE_IDLE_TIMEOUT, REMOTE_MAX_CLIENTS_PER_IP, ServerConfig, parse_address
 from eco_trio.server.core import Server
-from eco_trio.server.listeners import open_listeners
+from eco_trio.server.listeners import open_listeners, open_one_listener
 from eco_trio.server.registry import format_address
 from eco_trio.server.supervisor import Supervisor, worker_count
 from eco_trio.transport import tls
@@ -456,9 +456,7 @@ async def _supervise(config: ServerConfig, args: argparse.Namespace) -> int:
     )
     metrics_socket = None
     if config.metrics is not None:
-        metrics_socket, *others = await open_listeners(*parse_address(config.metrics), config.backlog)
-        for other in others:
-            other.close()
+        metrics_socket = await open_one_listener(*parse_address(config.metrics), config.backlog)
         log.info("metrics on http://%s/metrics", format_address(metrics_socket.getsockname()))
     mode = "each worker listens itself (--reuse-port)" if config.reuse_port else "one listener, shared"
     for sock in listeners + plain:

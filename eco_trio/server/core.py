@@ -33,7 +33,7 @@ from eco_trio.server.config import (
 )
 from eco_trio.server.control import Control
 from eco_trio.server.handshakes import Handshakes
-from eco_trio.server.listeners import open_listeners
+from eco_trio.server.listeners import open_listeners, open_one_listener
 from eco_trio.server.registry import Registry, format_address
 from eco_trio.server.stats import Totals
 from eco_trio.server.throttle import Throttles, plural
@@ -286,11 +286,7 @@ class Server:
             metrics_socket = self._given_metrics
             metrics_socket.setblocking(False)
         else:
-            host, port = parse_address(self.config.metrics)
-            # One socket: a scraper asks one address.
-            metrics_socket, *others = await open_listeners(host, port, self.config.backlog)
-            for other in others:
-                other.close()
+            metrics_socket = await open_one_listener(*parse_address(self.config.metrics), self.config.backlog)
         endpoint = MetricsEndpoint(self.status, metrics_socket, self.throttles.line(logging.WARNING))
         self.metrics_address = format_address(metrics_socket.getsockname())
         log.info("metrics on http://%s/metrics", self.metrics_address, extra={"event": "metrics"})

@@ -133,3 +133,12 @@ async def open_listeners(
             sock.close()
         raise
     return listeners
+
+
+async def open_one_listener(host: str, port: int, backlog: int) -> socket.socket:
+    """One listening socket, on the first address ``host`` resolves to:
+    an endpoint a scraper asks at one address (``--metrics``)."""
+    first, *others = await open_listeners(host, port, backlog)
+    for other in others:
+        other.close()
+    return first
