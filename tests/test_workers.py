@@ -306,3 +306,30 @@ def test_a_second_sigterm_stops_at_once() -> None:
             server.process.send_signal(signal.SIGTERM)
             assert server.process.wait(10) == 130
         eventually(lambda: not any(alive(pid) for pid in started.values()), seconds=5)
+
+
+def test_one_metrics_endpoint_shows_the_whole_server() -> None:
+    """--metrics under --workers: one address, bound by the supervisor,
+    with every worker's clients and nodes in it."""
+    import urllib.request
+
+    with supervised("2", "--metrics", "127.0.0.1:0", "--heartbeat", "0.2") as server:
+        eventually(lambda: serving(server))
+        url = re.search(r"metrics on (http://\S+/metrics)", server.wait_for("metrics on http://"))
+        assert url is not None
+        started = pids(server)
+        with lines(server.port, 2) as clients:
+            for paused in ("worker-2", "worker-1"):  # a client more on each worker
+                os.kill(started[paused], signal.SIGSTOP)
+                try:
+                    clients.append(Line(server.port))
+                finally:
+                    os.kill(started[paused], signal.SIGCONT)
+
+            def scraped() -> dict[str, str]:
+                with urllib.request.urlopen(url[1], timeout=TIMEOUT) as response:
+                    text = response.read().decode()
+                return dict(line.split(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+
+            eventually(lambda: float(scraped().get("eco_trio_clients", "0")) == 4)
+            assert float(scraped()["eco_trio_deployment_nodes"]) == 2
