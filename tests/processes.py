@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 TIMEOUT = 20
 
@@ -96,6 +97,55 @@ def server_process(
         reader.join(TIMEOUT)
         assert process.stderr is not None
         process.stderr.close()
+
+
+def wait_accepting(port: int, process: subprocess.Popen[Any], seconds: float = TIMEOUT) -> bool:
+    """Until something accepts connections on loopback ``port``: True; False
+    if ``process`` (the one that should) exits first.  Asserts within
+    ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if process.poll() is not None:
+                return False
+            assert time.monotonic() < deadline, f"nothing accepts on port {port} after {seconds} s"
+            time.sleep(0.05)
+
+
+class Line:
+    """A client over a plain socket: what nc would do, line by line."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.file = self.sock.makefile("rb")
+        try:
+            self.greeting = self.line()
+        except BaseException:
+            self.close()
+            raise
+
+    def line(self) -> str:
+        return self.file.readline().decode().rstrip("\n")
+
+    def request(self, text: str) -> str:
+        self.sock.sendall(text.encode() + b"\n")
+        return self.line()
+
+    def block(self, text: str) -> tuple[str, list[str]]:
+        """A command answered with a header line and its rows."""
+        header = self.request(text)
+        count = int(header.split()[1])
+        return header, [self.line() for _ in range(count)]
+
+    def listing(self) -> list[str]:
+        return self.block("LISTAR")[1]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
 
 
 def client(port: int, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:

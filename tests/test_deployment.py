@@ -17,6 +17,7 @@ from typing import ClassVar
 
 import pytest
 
+from . import processes
 from .processes import TIMEOUT, ServerProcess, eco, server_process
 from .redis_server import RedisServer
 
@@ -24,34 +25,15 @@ from .redis_server import RedisServer
 FAST = ("--heartbeat", "0.2", "--lease", "1")
 
 
-class Line:
-    """A client over a plain socket: what nc would do, line by line."""
+class Line(processes.Line):
+    """A client, closed by nodes() at the end of the test."""
 
-    #: Every one still open; nodes() closes them at the end of the test.
+    #: Every one still open.
     opened: ClassVar[list[Line]] = []
 
     def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        super().__init__(port)
         Line.opened.append(self)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.line()
-
-    def line(self) -> str:
-        return self.file.readline().decode().rstrip("\n")
-
-    def request(self, text: str) -> str:
-        self.sock.sendall(text.encode() + b"\n")
-        return self.line()
-
-    def block(self, text: str) -> tuple[str, list[str]]:
-        """A command answered with a header line and its rows."""
-        header = self.request(text)
-        count = int(header.split()[1])
-        return header, [self.line() for _ in range(count)]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 @contextlib.contextmanager

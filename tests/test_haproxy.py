@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .processes import TIMEOUT, free_port, server_process
+from .processes import TIMEOUT, Line, free_port, server_process, wait_accepting
 from .redis_server import RedisServer
 
 #: HAProxy rewrites every client's source to this address (documentation
@@ -55,34 +54,13 @@ backend nodes
         [program, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            assert time.monotonic() < deadline and process.poll() is None, "haproxy did not start"
-            time.sleep(0.05)
+        assert wait_accepting(port, process), "haproxy did not start"
         yield process
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(TIMEOUT)
         assert process.stderr is not None
         process.stderr.close()
-
-
-class Line:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.file.readline().decode()
-
-    def request(self, text: str) -> str:
-        self.sock.sendall(text.encode() + b"\n")
-        return self.file.readline().decode().rstrip("\n")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def test_haproxy_in_front_of_two_nodes(redis: RedisServer, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from eco_trio.server import logs
 
-from .processes import TIMEOUT, eco, free_port
+from .processes import TIMEOUT, eco, free_port, wait_accepting
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX pipes and signals")
 
@@ -80,15 +80,7 @@ def _round_trip(port: int) -> bytes:
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        assert process.poll() is None, "the server exited"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
+    assert wait_accepting(port, process), "the server exited"
 
 
 @contextmanager

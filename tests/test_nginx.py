@@ -9,13 +9,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .processes import TIMEOUT, free_port, server_process
+from .processes import TIMEOUT, free_port, server_process, wait_accepting
 
 #: Where Debian's libnginx-mod-stream puts the module; elsewhere nginx may
 #: have it built in.
@@ -47,19 +46,12 @@ stream {{
     command = [program, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + TIMEOUT
-        while True:
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            if process.poll() is not None:
-                assert process.stderr is not None
-                why = process.stderr.read().decode(errors="replace")
-                if 'unknown directive "stream"' in why or "load_module" in why:
-                    pytest.skip(f"nginx has no stream module (Debian package libnginx-mod-stream): {why}")
-                raise AssertionError(f"nginx did not start: {why}")
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.05)
+        if not wait_accepting(port, process):
+            assert process.stderr is not None
+            why = process.stderr.read().decode(errors="replace")
+            if 'unknown directive "stream"' in why or "load_module" in why:
+                pytest.skip(f"nginx has no stream module (Debian package libnginx-mod-stream): {why}")
+            raise AssertionError(f"nginx did not start: {why}")
         yield process
     finally:
         process.send_signal(signal.SIGTERM)  # only the process this test started

@@ -21,29 +21,17 @@ import pytest
 
 from eco_trio.bench.core import BenchConfig, run_bench
 
+from .processes import free_port, wait_accepting
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ROOT / "benchmarks" / "reference"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
 def running(command: list[str], port: int) -> Iterator[None]:
     process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, f"{command[0]} exited with {process.returncode}"
-                assert time.monotonic() < deadline, f"{command[0]} did not start"
-                time.sleep(0.05)
+        assert wait_accepting(port, process, seconds=10), f"{command[0]} exited with {process.returncode}"
         yield
     finally:
         process.terminate()

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from .processes import TIMEOUT, ServerProcess, server_process
+from .processes import TIMEOUT, Line, ServerProcess, server_process
 from .redis_server import require_redis
 
 
@@ -68,25 +67,6 @@ def alive(pid: int) -> bool:
 def Path_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0]
-
-
-class Line:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.file.readline().decode()
-
-    def request(self, text: str) -> str:
-        self.sock.sendall(text.encode() + b"\n")
-        return self.file.readline().decode().rstrip("\n")
-
-    def listing(self) -> list[str]:
-        header = self.request("LISTAR")
-        return [self.file.readline().decode().rstrip("\n") for _ in range(int(header.split()[1]))]
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 @contextlib.contextmanager
