@@ -200,3 +200,24 @@ def test_a_header_that_comes_late_and_in_pieces_is_still_read() -> None:
             with wrong.makefile("rb") as replies:
                 assert replies.read() == b""  # closed, not greeted
         server.wait_for("closed a connection from proxy 127.0.0.1")
+
+
+def test_a_v2_header_larger_than_the_first_read_is_read_on() -> None:
+    """The accept loop reads at most 256 bytes of a header; a v2 header with
+    more TLVs than that (cloud balancers add some) is read on by a task,
+    whole, and the bytes after it are the client's first line."""
+    import socket
+
+    from .processes import TIMEOUT, server_process
+
+    addresses = ipaddress.IPv4Address("192.0.2.81").packed + ipaddress.IPv4Address("10.0.0.1").packed
+    noop_tlv = bytes([0x04]) + (400).to_bytes(2, "big") + bytes(400)  # PP2_TYPE_NOOP
+    header = v2(1, 0x11, addresses + (6001).to_bytes(2, "big") + (5000).to_bytes(2, "big") + noop_tlv)
+    assert 256 < len(header) <= MAX_HEADER
+    with server_process("--proxy-protocol") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as relayed:
+            relayed.sendall(header + b"LISTAR\n")
+            with relayed.makefile("rb") as replies:
+                assert replies.readline().startswith(b"BIENVENIDO")
+                assert replies.readline() == b"CLIENTES 1\n"
+                assert replies.readline().startswith(b"192.0.2.81:6001 ")

@@ -46,6 +46,11 @@ _ACCEPT_BATCH = 64
 _REFUSAL_WAIT = 1.0
 #: Addresses whose trust is remembered (then the memo starts again).
 _TRUST_MEMO_SIZE = 1024
+#: The first read of a trusted proxy's connection: a v1 header (at most 107
+#: bytes) or a v2 one with up to 240 bytes of TLVs.  (Small enough for
+#: Python's small-object allocator; a larger header is read on in
+#: _serve_proxied.)
+_FIRST_READ = 256
 #: How long a trusted proxy has to send its PROXY header.
 PROXY_HEADER_TIMEOUT = 3.0
 #: What a client hears from a node that has lost its deployment's Redis.
@@ -123,10 +128,8 @@ class Admission:
                     self._failed_accepts.note("accept failed: %s; retrying every %g s", exc, ACCEPT_BACKOFF)
                     await trio.sleep(ACCEPT_BACKOFF)
                     continue
-                address = format_address(peer)
                 if not OPTIONS_INHERITED:
                     tune(sock)
-                rest = b""  # what a proxied client sent after the header
                 early: proxy_protocol.Proxied | proxy_protocol.Local | bytes | BaseException | None = None
                 if self._trusted is not None and self._is_trusted(peer):
                     # A load balancer's connection: the client's address is
@@ -136,9 +139,12 @@ class Admission:
                     # otherwise a task waits for it (_serve_proxied).  (No
                     # TLS context here: the configuration refuses the two
                     # together.)
-                    early = self._proxy_header_now(sock, address)
-                    if isinstance(early, proxy_protocol.Proxied) and node is None:
-                        address, rest, early = early.address, early.rest, None
+                    early = self._proxy_header_now(sock, peer)
+                if type(early) is proxy_protocol.Proxied and node is None:
+                    # (The balancer's own address is not needed: not formatted.)
+                    address, rest, early = early.address, early.rest, None
+                else:
+                    address, rest = format_address(peer), b""
                 if early is not None:  # a proxied connection not admitted here
                     if isinstance(early, (proxy_protocol.Local, BaseException)):
                         sock.close()  # a health check (counted) or a refusal (logged)
@@ -322,26 +328,35 @@ class Admission:
         return trusted
 
     def _proxy_header_now(
-        self, sock: socket.socket, proxy: str
+        self, sock: socket.socket, peer: object
     ) -> proxy_protocol.Proxied | proxy_protocol.Local | bytes | BaseException:
-        """What a trusted proxy has sent already: a whole header, the bytes
-        of a partial one (``b""``: nothing yet), or the error that refuses
-        it (counted and logged here).  Health checks are counted here."""
+        """What a trusted proxy (at ``peer``) has sent already: a whole
+        header, the bytes of a partial one (``b""``: nothing yet), or the
+        error that refuses it (counted and logged here).  Health checks are
+        counted here.
+
+        This runs once a connection, with the server's other work in
+        between, so each step costs several times what it does in a loop:
+        one read (of at most _FIRST_READ bytes), one parse, no more."""
         try:
-            data = sock.recv(proxy_protocol.MAX_HEADER, socket.MSG_DONTWAIT)
+            data = sock.recv(_FIRST_READ, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return b""
         except OSError as exc:
             return exc
         if not data:  # connect and close: a plain TCP health check
-            self._count_health_check("TCP health check from %s", proxy)
+            self._count_health_check("TCP health check from %s", format_address(peer))
             return proxy_protocol.Local(b"")
         try:
-            header = self._header_in(data, proxy)
+            header = proxy_protocol.parse(data)
         except proxy_protocol.BadHeader as exc:
-            self._proxy_refused(proxy, str(exc))
+            self._proxy_refused(format_address(peer), str(exc))
             return exc
-        return data if header is None else header
+        if header is None:
+            return data
+        if type(header) is proxy_protocol.Local:
+            self._count_health_check("health check from %s", format_address(peer))
+        return header
 
     def _header_in(self, data: bytes, proxy: str) -> proxy_protocol.Proxied | proxy_protocol.Local | None:
         """The PROXY header ``data`` starts with (None: not all of it yet);
