@@ -31,6 +31,9 @@ def test_v1_tcp4_and_tcp6() -> None:
 
 def test_v2_proxy_and_local() -> None:
     assert parse(v2_tcp4("198.51.100.9", 40000) + b"x") == Proxied("198.51.100.9:40000", b"x")
+    with_tlv = v2_tcp4("198.51.100.9", 40000)[16:] + bytes([0x04, 0, 3, 1, 2, 3])  # a NOOP TLV
+    assert parse(v2(1, 0x11, with_tlv) + b"x") == Proxied("198.51.100.9:40000", b"x")
+    assert parse(v2(1, 0x11, with_tlv)[:-1]) is None
     six = ipaddress.IPv6Address("2001:db8::9").packed + bytes(16) + (7).to_bytes(2, "big") + bytes(2)
     assert parse(v2(1, 0x21, six)) == Proxied("[2001:db8::9]:7", b"")
     assert parse(v2(0, 0x00, b"")) == Local(b"")  # HAProxy's check-send-proxy
@@ -214,10 +217,12 @@ def test_a_v2_header_larger_than_the_first_read_is_read_on() -> None:
     noop_tlv = bytes([0x04]) + (400).to_bytes(2, "big") + bytes(400)  # PP2_TYPE_NOOP
     header = v2(1, 0x11, addresses + (6001).to_bytes(2, "big") + (5000).to_bytes(2, "big") + noop_tlv)
     assert 256 < len(header) <= MAX_HEADER
-    with server_process("--proxy-protocol") as server:
-        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as relayed:
-            relayed.sendall(header + b"LISTAR\n")
-            with relayed.makefile("rb") as replies:
-                assert replies.readline().startswith(b"BIENVENIDO")
-                assert replies.readline() == b"CLIENTES 1\n"
-                assert replies.readline().startswith(b"192.0.2.81:6001 ")
+    with (
+        server_process("--proxy-protocol") as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as relayed,
+    ):
+        relayed.sendall(header + b"LISTAR\n")
+        with relayed.makefile("rb") as replies:
+            assert replies.readline().startswith(b"BIENVENIDO")
+            assert replies.readline() == b"CLIENTES 1\n"
+            assert replies.readline().startswith(b"192.0.2.81:6001 ")
