@@ -96,7 +96,7 @@ def main() -> None:
     generator = build_generator(Path(folder.name))
     print("| round | without: conn/s, CPU µs/conn | --proxy-protocol: conn/s, CPU µs/conn | CPU ratio |")
     print("|--:|---|---|--:|")
-    ratios = []
+    ratios, extra = [], []
     # Both servers run throughout, on the same core, and the load goes to
     # one, then the other: the host drifts by more than the effect, so
     # each round compares two windows next to each other.
@@ -109,6 +109,7 @@ def main() -> None:
             figures[second] = measure(generator, *servers[second], headers[second], args.seconds)
             (plain_rate, plain_cpu), (proxy_rate, proxy_cpu) = figures[False], figures[True]
             ratios.append(proxy_cpu / plain_cpu)
+            extra.append(proxy_cpu - plain_cpu)
             print(f"| {round_number} | {plain_rate:,.0f}, {plain_cpu:.1f} | "
                   f"{proxy_rate:,.0f}, {proxy_cpu:.1f} | {proxy_cpu / plain_cpu:.2f}x |")  # fmt: skip
     finally:
@@ -118,6 +119,7 @@ def main() -> None:
         folder.cleanup()
     median = statistics.median(ratios)
     print(f"\nMedian CPU ratio over {len(ratios)} rounds: {median:.2f}x (target: at most 1.10x)")
+    print(f"Median extra CPU per connection: {statistics.median(extra):.1f} µs")
     print(f"\nReproduce: python3 benchmarks/proxy.py {' '.join(sys.argv[1:])}")
 
 
