@@ -1,5 +1,5 @@
 """What the benchmarks here need of the machine: a process pinned to one
-CPU, a free loopback port, a process's CPU time so far.
+CPU, a free loopback port, a process's CPU time so far, a C program built.
 
 Servers run on :data:`SERVER_CPU` and load generators on :data:`BENCH_CPU`,
 so the two do not compete (where the machine has both).  CPU time comes
@@ -9,10 +9,25 @@ from ``/proc`` (Linux).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 SERVER_CPU, BENCH_CPU = 1, 0
+#: The system C compiler (None: none), for the C programs here (epoll: Linux).
+C_COMPILER = (
+    (shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")) if sys.platform == "linux" else None
+)
+
+
+def build_c(source: Path, program: Path) -> Path:
+    """``program``, built from ``source`` with :data:`C_COMPILER` (which the
+    caller checked is there)."""
+    assert C_COMPILER is not None
+    subprocess.run([C_COMPILER, "-O2", "-o", str(program), str(source)], check=True, timeout=120)
+    return program
 
 
 def pin(cpu: int) -> None:

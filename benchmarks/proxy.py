@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import signal
 import socket
 import statistics
@@ -33,19 +32,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import BENCH_CPU, SERVER_CPU, cpu_seconds, free_port, pin  # noqa: E402
+from machine import BENCH_CPU, C_COMPILER, SERVER_CPU, build_c, cpu_seconds, free_port, pin  # noqa: E402
 
 HEADERS = {"none": "0", "v1": "1", "v2": "2"}
 
 
 def build_generator(folder: Path) -> Path:
-    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if compiler is None:
-        raise SystemExit("benchmarks/proxy.py needs a C compiler (Debian: gcc) to build proxyload.c")
-    program = folder / "proxyload"
-    source = ROOT / "benchmarks" / "proxyload.c"
-    subprocess.run([compiler, "-O2", "-o", str(program), str(source)], check=True)
-    return program
+    if C_COMPILER is None:
+        raise SystemExit("benchmarks/proxy.py needs Linux and a C compiler (Debian: gcc) for proxyload.c")
+    return build_c(ROOT / "benchmarks" / "proxyload.c", folder / "proxyload")
 
 
 def start_server(proxy: bool) -> tuple[subprocess.Popen[bytes], int]:

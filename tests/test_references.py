@@ -1,12 +1,14 @@
 """The reference servers benchmarks/compare measures eco_trio against speak
 the same protocol, checked reply by reply (a reference that answered wrongly
-would make every ratio meaningless), and compare's report shows what it
-promises."""
+would make every ratio meaningless), compare's report shows what it
+promises, and benchmarks/proxy.py's generator speaks PROXY as the server
+expects."""
 
 from __future__ import annotations
 
 import importlib.machinery
 import importlib.util
+import json
 import shutil
 import socket
 import subprocess
@@ -21,7 +23,7 @@ import pytest
 
 from eco_trio.bench.core import BenchConfig, run_bench
 
-from .processes import free_port, wait_accepting
+from .processes import free_port, server_process, wait_accepting
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ROOT / "benchmarks" / "reference"
@@ -47,14 +49,18 @@ def check_replies(port: int) -> None:
         assert (result.errors, result.mismatches) == (0, 0), (mode, result.first_error)
 
 
-def test_the_c_reference_answers_every_line_in_uppercase(tmp_path: Path) -> None:
-    compiler = shutil.which("cc") or shutil.which("gcc")
+def built(source: Path, program: Path) -> Path:
+    """``program``, built from ``source``, or the test skips: the C programs
+    of benchmarks/ need Linux (epoll) and a C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if compiler is None or not sys.platform.startswith("linux"):
-        pytest.skip("the C reference needs Linux (epoll) and a C compiler (cc)")
-    binary = tmp_path / "c_epoll"
-    subprocess.run(
-        [compiler, "-O2", "-o", str(binary), str(REFERENCES / "c_epoll.c")], check=True, timeout=120
-    )
+        pytest.skip(f"{source.name} needs Linux (epoll) and a C compiler (Debian: gcc)")
+    subprocess.run([compiler, "-O2", "-o", str(program), str(source)], check=True, timeout=120)
+    return program
+
+
+def test_the_c_reference_answers_every_line_in_uppercase(tmp_path: Path) -> None:
+    binary = built(REFERENCES / "c_epoll.c", tmp_path / "c_epoll")
     port = free_port()
     with running([str(binary), str(port)], port):
         check_replies(port)
@@ -109,7 +115,7 @@ def test_compare_says_why_a_reference_is_left_out(monkeypatch: pytest.MonkeyPatc
     compare = load_compare()
     monkeypatch.setattr(compare.importlib.util, "find_spec", lambda name: None)
     assert "pip install -r benchmarks/requirements.txt" in compare.missing("uvloop streams")
-    monkeypatch.setattr(compare.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compare, "C_COMPILER", None)  # (what machine.py finds where there is none)
     assert "C compiler" in compare.missing("C epoll")
     assert compare.missing("asyncio streams") is None
 
@@ -135,3 +141,22 @@ def test_compare_summarises_rounds_with_medians() -> None:
     assert lines[2].startswith("| 1 | 1.30x | 1.20x | 1.08 |")
     assert lines[4].startswith("| 3 | 1.50x | – | – |")
     assert lines[5].startswith("| **median** | **1.30x** | **1.20x** | **1.00** |")  # median of 1.08 and 0.92
+
+
+def test_the_proxy_benchmark_generator_sends_headers_the_server_takes(tmp_path: Path) -> None:
+    """benchmarks/proxyload.c, which measures what --proxy-protocol costs:
+    with a v1 or v2 header against --proxy-protocol, and with none against
+    a plain server, every connection is served (a header the server
+    refused would close it, and count as an error)."""
+    program = built(ROOT / "benchmarks" / "proxyload.c", tmp_path / "proxyload")
+    for flags, header in (((), "0"), (("--proxy-protocol",), "1"), (("--proxy-protocol",), "2")):
+        with server_process(*flags) as server:
+            run = subprocess.run(
+                [str(program), str(server.port), "4", "0.3", "0", header],
+                capture_output=True,
+                text=True,
+                timeout=20,
+            )
+            result = json.loads(run.stdout)
+            assert run.returncode == 0 and result["errors"] == 0, (header, run.stdout, run.stderr)
+            assert result["connections"] > 10
