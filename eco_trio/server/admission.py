@@ -345,30 +345,28 @@ class Admission:
         except OSError as exc:
             return exc
         if not data:  # connect and close: a plain TCP health check
-            self._count_health_check("TCP health check from %s", format_address(peer))
+            self._count_health_check("TCP health check from %s", peer)
             return proxy_protocol.Local(b"")
         try:
-            header = proxy_protocol.parse(data)
+            header = self._header_in(data, peer)
         except proxy_protocol.BadHeader as exc:
             self._proxy_refused(format_address(peer), str(exc))
             return exc
-        if header is None:
-            return data
-        if type(header) is proxy_protocol.Local:
-            self._count_health_check("health check from %s", format_address(peer))
-        return header
+        return data if header is None else header
 
-    def _header_in(self, data: bytes, proxy: str) -> proxy_protocol.Proxied | proxy_protocol.Local | None:
+    def _header_in(self, data: bytes, proxy: object) -> proxy_protocol.Proxied | proxy_protocol.Local | None:
         """The PROXY header ``data`` starts with (None: not all of it yet);
-        a health check's is counted.  Raises BadHeader."""
+        a health check's is counted.  Raises BadHeader.  ``proxy``: its
+        socket address, or that address as text (format_address takes
+        both), formatted only for a health check's log line."""
         header = proxy_protocol.parse(data)
-        if isinstance(header, proxy_protocol.Local):
+        if type(header) is proxy_protocol.Local:
             self._count_health_check("health check from %s", proxy)
         return header
 
-    def _count_health_check(self, message: str, proxy: str) -> None:
+    def _count_health_check(self, message: str, proxy: object) -> None:
         self.control.totals.health_checks += 1
-        self._health_checks.note(message, escape(proxy))
+        self._health_checks.note(message, escape(format_address(proxy)))
 
     async def _serve_proxied(
         self, stream: SocketStream, proxy: str, early: bytes | proxy_protocol.Proxied = b""
