@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import trio  # noqa: E402, F401  (see compare: the bench runs slower without it)
-from machine import BENCH_CPU, SERVER_CPU, cpu_seconds, free_port, pin  # noqa: E402
+from machine import BENCH_CPU, SERVER_CPU, accepting, cpu_seconds, free_port, pin  # noqa: E402
 
 from eco_trio.bench.core import BenchConfig, run_bench  # noqa: E402
 
@@ -103,16 +103,9 @@ class Node:
             args, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=lambda: pin(SERVER_CPU),
         )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline or self.process.poll() is not None:
-                    self.stop()
-                    raise SystemExit(f"node {name} did not start") from None
-                time.sleep(0.05)
+        if not accepting(self.port, self.process):
+            self.stop()
+            raise SystemExit(f"node {name} did not start")
 
     def stop(self) -> None:
         if self.process.poll() is None:

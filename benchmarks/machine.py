@@ -1,5 +1,6 @@
 """What the benchmarks here need of the machine: a process pinned to one
-CPU, a free loopback port, a process's CPU time so far, a C program built.
+CPU, a free loopback port, a server that has started accepting, a process's
+CPU time so far, a C program built.
 
 Servers run on :data:`SERVER_CPU` and load generators on :data:`BENCH_CPU`,
 so the two do not compete (where the machine has both).  CPU time comes
@@ -13,7 +14,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 SERVER_CPU, BENCH_CPU = 1, 0
 #: The system C compiler (None: none), for the C programs here (epoll: Linux).
@@ -40,6 +43,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def accepting(port: int, process: subprocess.Popen[Any], seconds: float = 10) -> bool:
+    """Whether something accepts connections on loopback ``port`` before
+    ``process`` (the server that should) exits, within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                return False
+            time.sleep(0.05)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -21,18 +21,16 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import BENCH_CPU, C_COMPILER, SERVER_CPU, build_c, cpu_seconds, free_port, pin  # noqa: E402
+from machine import BENCH_CPU, C_COMPILER, SERVER_CPU, accepting, build_c, cpu_seconds, free_port, pin  # noqa: E402
 
 HEADERS = {"none": "0", "v1": "1", "v2": "2"}
 
@@ -50,16 +48,10 @@ def start_server(proxy: bool) -> tuple[subprocess.Popen[bytes], int]:
     if proxy:
         args.append("--proxy-protocol")
     server = subprocess.Popen(args, cwd=ROOT, stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(SERVER_CPU))
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return server, port
-        except OSError:
-            if time.monotonic() > deadline:
-                server.kill()
-                raise SystemExit("the server did not start") from None
-            time.sleep(0.05)
+    if not accepting(port, server):
+        server.kill()
+        raise SystemExit("the server did not start")
+    return server, port
 
 
 def measure(

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import BENCH_CPU, SERVER_CPU, cpu_seconds, free_port, pin  # noqa: E402
+from machine import BENCH_CPU, SERVER_CPU, accepting, cpu_seconds, free_port, pin  # noqa: E402
 
 
 def measure(root: Path, gap: float, lines: int) -> float:
@@ -38,15 +38,9 @@ def measure(root: Path, gap: float, lines: int) -> float:
         stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(SERVER_CPU),
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise SystemExit("the server did not start") from None
-                time.sleep(0.05)
+        if not accepting(port, server):
+            raise SystemExit("the server did not start")
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
         with client, client.makefile("rb") as replies:
             replies.readline()  # the greeting
             before = cpu_seconds(server.pid)

@@ -34,10 +34,11 @@ MAX_HEADER: Final = 16 + V2_MAX_PAYLOAD
 _OCTET = rb"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = rb"(" + _OCTET + rb"(?:\." + _OCTET + rb"){3})"
 _PORT = rb"(0|[1-9][0-9]{0,4})"
-#: The usual v1 line, TCP over IPv4, in its one canonical spelling: matched
-#: at once.  Anything else takes the general path below, which needs
-#: ipaddress (a few microseconds, on every connection, otherwise).
 _PORT_TEXT = re.compile(_PORT)
+#: The usual v1 line, TCP over IPv4, in its one canonical spelling, and the
+#: bytes after it: matched at once.  Anything else takes the general path
+#: below, which needs ipaddress (a few microseconds, on every connection,
+#: otherwise).
 _V1_TCP4 = re.compile(
     rb"PROXY TCP4 " + _IPV4 + b" " + _IPV4 + b" " + _PORT + b" " + _PORT + rb"\r\n(.*)", re.DOTALL
 )
