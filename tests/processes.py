@@ -1,10 +1,12 @@
 """The command line as a user runs it, shared by the end-to-end tests:
-``python -m eco_trio`` in subprocesses, a server until it listens, a client
+``python -m eco_trio`` in subprocesses, a server until it listens, another
+program's server (haproxy, nginx, a reference) until it accepts, a client
 run to its end, a free loopback port."""
 
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -113,6 +115,31 @@ def wait_accepting(port: int, process: subprocess.Popen[Any], seconds: float = T
                 return False
             assert time.monotonic() < deadline, f"nothing accepts on port {port} after {seconds} s"
             time.sleep(0.05)
+
+
+class DidNotStart(Exception):
+    """A program :func:`program_server` started exited before it accepted:
+    ``args`` is its path and what it wrote on stderr."""
+
+
+@contextmanager
+def program_server(command: list[str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Another program's server (haproxy, nginx, a reference server),
+    started for a test, once it accepts on loopback ``port``; stopped with
+    SIGTERM after, by its own handle.  Raises :class:`DidNotStart` if it
+    exits first."""
+    process = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    assert process.stderr is not None
+    try:
+        if not wait_accepting(port, process):
+            raise DidNotStart(command[0], process.stderr.read().decode(errors="replace"))
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)  # (nothing, if it has exited)
+        process.wait(TIMEOUT)
+        process.stderr.close()
 
 
 class Line:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .processes import TIMEOUT, Line, free_port, server_process, wait_accepting
+from .processes import TIMEOUT, Line, free_port, program_server, server_process
 from .redis_server import RedisServer
 
 #: HAProxy rewrites every client's source to this address (documentation
@@ -50,17 +49,8 @@ backend nodes
 {servers}
 """
     )
-    process = subprocess.Popen(
-        [program, "-f", str(config), "-db"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        assert wait_accepting(port, process), "haproxy did not start"
+    with program_server([program, "-f", str(config), "-db"], port) as process:
         yield process
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(TIMEOUT)
-        assert process.stderr is not None
-        process.stderr.close()
 
 
 def test_haproxy_in_front_of_two_nodes(redis: RedisServer, tmp_path: Path) -> None:
@@ -77,16 +67,14 @@ def test_haproxy_in_front_of_two_nodes(redis: RedisServer, tmp_path: Path) -> No
         try:
             assert all(c.greeting.startswith("BIENVENIDO") for c in clients)
             assert clients[0].request("AUTENTICAR secreto") == "OK autenticado."
-            header = clients[0].request("LISTAR")
-            rows = [clients[0].file.readline().decode() for _ in range(int(header.split()[1]))]
+            _, rows = clients[0].block("LISTAR")
             assert len(rows) == 4
             assert all(row.startswith(f"{OUTSIDER}:") for row in rows)  # the real client, not the balancer
             assert {row.split("nodo=")[1].split()[0] for row in rows} == {"n1", "n2"}  # spread over both
             refused = clients[1].request("DESCONEXION")
             assert refused.startswith("ERROR DESCONEXION requiere el token")
             time.sleep(0.5)  # the other node's heartbeat: ESTADO adds it up
-            status = clients[0].request("ESTADO")
-            lines = [clients[0].file.readline().decode() for _ in range(int(status.split()[1]))]
+            _, lines = clients[0].block("ESTADO")
             pairs = dict(line.split() for line in lines if len(line.split()) == 2)
             assert int(pairs["health_checks"]) >= 2 and pairs["clients"] == "4"
             assert clients[2].request("DESCONEXION secreto").startswith("DESCONEXION")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
-import signal
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .processes import TIMEOUT, free_port, server_process, wait_accepting
+from .processes import TIMEOUT, DidNotStart, free_port, program_server, server_process
 
 #: Where Debian's libnginx-mod-stream puts the module; elsewhere nginx may
 #: have it built in.
@@ -44,20 +43,14 @@ stream {{
 """
     )
     command = [program, "-p", str(folder), "-c", str(folder / "nginx.conf"), "-e", "stderr"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        if not wait_accepting(port, process):
-            assert process.stderr is not None
-            why = process.stderr.read().decode(errors="replace")
-            if 'unknown directive "stream"' in why or "load_module" in why:
-                pytest.skip(f"nginx has no stream module (Debian package libnginx-mod-stream): {why}")
-            raise AssertionError(f"nginx did not start: {why}")
-        yield process
-    finally:
-        process.send_signal(signal.SIGTERM)  # only the process this test started
-        process.wait(TIMEOUT)
-        assert process.stderr is not None
-        process.stderr.close()
+        with program_server(command, port) as process:
+            yield process
+    except DidNotStart as failure:
+        why = failure.args[1]
+        if 'unknown directive "stream"' in why or "load_module" in why:
+            pytest.skip(f"nginx has no stream module (Debian package libnginx-mod-stream): {why}")
+        raise
 
 
 def _greeted(port: int) -> tuple[socket.socket, io.BufferedReader]:

@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -23,21 +21,10 @@ import pytest
 
 from eco_trio.bench.core import BenchConfig, run_bench
 
-from .processes import free_port, server_process, wait_accepting
+from .processes import free_port, program_server, server_process
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCES = ROOT / "benchmarks" / "reference"
-
-
-@contextmanager
-def running(command: list[str], port: int) -> Iterator[None]:
-    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert wait_accepting(port, process, seconds=10), f"{command[0]} exited with {process.returncode}"
-        yield
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def check_replies(port: int) -> None:
@@ -62,7 +49,7 @@ def built(source: Path, program: Path) -> Path:
 def test_the_c_reference_answers_every_line_in_uppercase(tmp_path: Path) -> None:
     binary = built(REFERENCES / "c_epoll.c", tmp_path / "c_epoll")
     port = free_port()
-    with running([str(binary), str(port)], port):
+    with program_server([str(binary), str(port)], port):
         check_replies(port)
         # A line cut across reads comes back whole, after the greeting.
         with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -79,7 +66,7 @@ def test_the_python_references_answer_every_line_in_uppercase(name: str) -> None
     if name == "uvloop_streams" and importlib.util.find_spec("uvloop") is None:
         pytest.skip("uvloop is not installed (pip install -r benchmarks/requirements.txt)")
     port = free_port()
-    with running([sys.executable, str(REFERENCES / f"{name}.py"), str(port)], port):
+    with program_server([sys.executable, str(REFERENCES / f"{name}.py"), str(port)], port):
         check_replies(port)
 
 
