@@ -33,6 +33,13 @@ def build_c(source: Path, program: Path) -> Path:
     return program
 
 
+def eco_trio_from(checkout: Path | str) -> list[str]:
+    """Python's arguments for ``-m eco_trio`` from another checkout (a git
+    worktree of main before a change), to measure both in one run."""
+    run = f"import runpy, sys; sys.path.insert(0, {str(checkout)!r}); "
+    return ["-c", run + "runpy.run_module('eco_trio', run_name='__main__')"]
+
+
 def pin(cpu: int) -> None:
     """Run on ``cpu`` alone (when the machine has it)."""
     if (os.cpu_count() or 1) > cpu and hasattr(os, "sched_setaffinity"):  # Linux

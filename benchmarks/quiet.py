@@ -23,17 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from machine import BENCH_CPU, SERVER_CPU, accepting, cpu_seconds, free_port, pin  # noqa: E402
+from machine import BENCH_CPU, SERVER_CPU, accepting, cpu_seconds, eco_trio_from, free_port, pin  # noqa: E402
 
 
 def measure(root: Path, gap: float, lines: int) -> float:
     port = free_port()
-    run = (
-        f"import runpy, sys; sys.path.insert(0, {str(root)!r}); "
-        "runpy.run_module('eco_trio', run_name='__main__')"
-    )
     server = subprocess.Popen(
-        [sys.executable, "-c", run, "servidor", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, *eco_trio_from(root), "servidor", "--host", "127.0.0.1", "--port", str(port),
          "--log-level", "WARNING"],
         stderr=subprocess.DEVNULL, preexec_fn=lambda: pin(SERVER_CPU),
     )  # fmt: skip
