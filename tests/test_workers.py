@@ -79,23 +79,28 @@ def lines(port: int, count: int) -> Iterator[list[Line]]:
             line.close()
 
 
+def accepted_by(worker: str, port: int, started: dict[str, int]) -> Line:
+    """A client that ``worker`` accepts: which idle worker wins an accept
+    on the shared listener is a race (here one often wins every time), so
+    the other workers are stopped (SIGSTOP) while it connects.  The shared
+    queue strands nobody behind a stopped worker."""
+    others = [pid for name, pid in started.items() if name.startswith("worker-") and name != worker]
+    for pid in others:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        return Line(port)
+    finally:
+        for pid in others:
+            os.kill(pid, signal.SIGCONT)
+
+
 def test_clients_spread_over_workers_and_one_listar_lists_them_all() -> None:
     with supervised("3") as server:
         eventually(lambda: serving(server))
         started = pids(server)
         workers = ["worker-1", "worker-2", "worker-3"]
         with lines(server.port, 9) as clients:
-            # One client more on each worker, the others paused while it
-            # connects (which idle worker wins an accept is a race).
-            for chosen in workers:
-                paused = [started[name] for name in workers if name != chosen]
-                for pid in paused:
-                    os.kill(pid, signal.SIGSTOP)
-                try:
-                    clients.append(Line(server.port))
-                finally:
-                    for pid in paused:
-                        os.kill(pid, signal.SIGCONT)
+            clients += [accepted_by(worker, server.port, started) for worker in workers]  # one more on each
             assert all(c.greeting.startswith("BIENVENIDO") for c in clients)
             rows = clients[0].listing()
             assert len(rows) == 12
@@ -118,17 +123,10 @@ def test_a_killed_worker_is_replaced_and_its_clients_leave_listar() -> None:
         eventually(lambda: serving(server))
         clients: list[Line] = []
         try:
-            # Clients on both workers.  Which idle worker accepts from the
-            # shared listener is a race (here one often wins every time), so
-            # each worker in turn is stopped while the other accepts two:
-            # the shared queue strands nobody behind a stopped worker.
+            # Two clients on each worker.
             started = pids(server)
-            for paused in ("worker-2", "worker-1"):
-                os.kill(started[paused], signal.SIGSTOP)
-                try:
-                    clients += [Line(server.port), Line(server.port)]
-                finally:
-                    os.kill(started[paused], signal.SIGCONT)
+            for worker in ("worker-1", "worker-1", "worker-2", "worker-2"):
+                clients.append(accepted_by(worker, server.port, started))
             nodes = [row.split("nodo=")[1].split()[0] for row in clients[0].listing()]
             assert sorted(nodes) == ["worker-1"] * 2 + ["worker-2"] * 2, nodes
             victim = "worker-2"
@@ -299,12 +297,7 @@ def test_one_metrics_endpoint_shows_the_whole_server() -> None:
         assert url is not None
         started = pids(server)
         with lines(server.port, 2) as clients:
-            for paused in ("worker-2", "worker-1"):  # a client more on each worker
-                os.kill(started[paused], signal.SIGSTOP)
-                try:
-                    clients.append(Line(server.port))
-                finally:
-                    os.kill(started[paused], signal.SIGCONT)
+            clients += [accepted_by(worker, server.port, started) for worker in ("worker-1", "worker-2")]
 
             def scraped() -> dict[str, str]:
                 with urllib.request.urlopen(url[1], timeout=TIMEOUT) as response:
