@@ -6,6 +6,7 @@ expects."""
 
 from __future__ import annotations
 
+import argparse
 import importlib.machinery
 import importlib.util
 import json
@@ -118,16 +119,36 @@ def test_compare_summarises_rounds_with_medians() -> None:
             if name == "uvloop streams" and not uvloop:
                 continue
             row = compare.Row(name)
-            row.figures |= {"pp50": pp50, "pp50_cpu": 10.0, "pp1": 50.0, "conn_cpu": 80.0}
+            cpu = 12.5 if name == "uvloop streams" else 10.0
+            row.figures |= {"pp50": pp50, "pp50_cpu": cpu, "pp1": 50.0, "conn_cpu": 80.0}
             rows.append(row)
         return rows
 
     report = compare.summary([round_of(130, True), round_of(110, True), round_of(150, False)])
     lines = report.splitlines()
     assert lines[0].startswith("| round | eco pp50 / asyncio | uvloop pp50 / asyncio |")
-    assert lines[2].startswith("| 1 | 1.30x | 1.20x | 1.08 |")
+    assert lines[2].startswith("| 1 | 1.30x | 1.20x | 1.08 | 10.0 | 12.5 | 0.80 |")  # CPU paired by round
     assert lines[4].startswith("| 3 | 1.50x | – | – |")
     assert lines[5].startswith("| **median** | **1.30x** | **1.20x** | **1.00** |")  # median of 1.08 and 0.92
+
+
+def test_compare_rounds_go_load_by_load_and_turn_the_servers_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round measures one load on every server before the next load, so
+    the windows a ratio compares are close in time, and each round starts
+    one server further on, so no server is always measured last."""
+    compare = load_compare()
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setattr(compare, "measure_load", lambda row, key, *_: calls.append((key, row.name)))
+    monkeypatch.setattr(compare, "measure_hold", lambda row, hold: calls.append(("hold", row.name)))
+    names = ["asyncio streams", "uvloop streams", "eco_trio"]
+    rows = compare.measure_round(names, argparse.Namespace(hold=10), 1)
+    assert [row.name for row in rows] == names
+    loads = [key for key, _, _ in compare.LOADS]
+    turned = ["uvloop streams", "eco_trio", "asyncio streams"]
+    assert calls == [(key, name) for key in loads for name in turned] + [("hold", name) for name in names]
+    calls.clear()
+    compare.measure_round(names, argparse.Namespace(hold=0), 3)  # a full turn: the first order again
+    assert calls[:3] == [(loads[0], name) for name in names]
 
 
 def test_the_proxy_benchmark_generator_sends_headers_the_server_takes(tmp_path: Path) -> None:
